@@ -1,0 +1,3 @@
+"""Okta Agent Proxy: an MCP security gateway built on the ``pipeline`` engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,165 @@
+"""Loading YAML into :class:`GatewayConfig`, with ``${ENV_VAR}`` interpolation."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+import yaml
+
+from gateway.config.model import GatewayConfig
+from gateway.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+__all__ = ["ConfigError", "load_config", "load_config_text"]
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and validate a config file.
+
+    Raises:
+        ConfigError: The file is missing, not YAML, or invalid; every problem
+            is listed with its YAML path.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read config file: {exc.strerror}"]) from exc
+    return load_config_text(text, env=env, source=str(file))
+
+
+def load_config_text(
+    text: str, *, env: Mapping[str, str] | None = None, source: str = "<config>"
+) -> GatewayConfig:
+    """Parse YAML text into a validated config (see :func:`load_config`)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping"])
+    problems: list[str] = []
+    raw = _interpolate(raw, os.environ if env is None else env, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        config = msgspec.convert(raw, GatewayConfig, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([_with_path(exc, raw)]) from exc
+    problems.extend(_check_semantics(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(
+                f"{path or '<root>'}: environment variable {name} is not set; "
+                f"set it or write ${{{name}:-default}}"
+            )
+            return ""
+
+        return _ENV_REF.sub(replace, value)
+    if isinstance(value, dict):
+        return {
+            k: _interpolate(v, env, f"{path}.{k}" if path else str(k), problems)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _with_path(exc: msgspec.ValidationError, raw: Any) -> str:
+    text = str(exc)
+    head, sep, where = text.rpartition(" - at `$")
+    if not sep:
+        return text
+    yaml_path = where.rstrip("`").lstrip(".")
+    bad = _lookup(raw, yaml_path)
+    shown = f" (got {bad!r})" if bad is not _MISSING and not isinstance(bad, dict) else ""
+    return f"{yaml_path or '<root>'}: {head}{shown}"
+
+
+_MISSING = object()
+
+
+def _lookup(raw: Any, path: str) -> Any:
+    current = raw
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            if not isinstance(current, list) or index >= len(current):
+                return _MISSING
+            current = current[index]
+        else:
+            if not isinstance(current, dict) or part not in current:
+                return _MISSING
+            current = current[part]
+    return current
+
+
+def _check_semantics(config: GatewayConfig) -> list[str]:
+    problems: list[str] = []
+    problems.extend(_check_url("server.public_url", config.server.public_url))
+    problems.extend(_check_url("upstream.issuer", config.upstream.issuer))
+    paths: dict[str, str] = {}
+    for name, backend in config.backends.items():
+        where = f"backends.{name}"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+            problems.append(
+                f"{where}: invalid backend name {name!r}; use lowercase letters, "
+                "digits, '-' and '_'"
+            )
+        if not backend.path.startswith("/") or backend.path.endswith("/"):
+            problems.append(
+                f"{where}.path: invalid path {backend.path!r}; it must start with '/' "
+                "and not end with '/'"
+            )
+        if backend.path in paths:
+            problems.append(
+                f"{where}.path: {backend.path!r} is already used by backend "
+                f"{paths[backend.path]!r}"
+            )
+        paths[backend.path] = name
+        if backend.path.startswith(("/oauth2", "/.well-known")):
+            problems.append(f"{where}.path: {backend.path!r} collides with the OAuth endpoints")
+        problems.extend(_check_url(f"{where}.url", backend.url))
+    for agent_name, agent in config.agents.items():
+        for i, backend_name in enumerate(agent.backends):
+            if backend_name != "*" and backend_name not in config.backends:
+                problems.append(
+                    f"agents.{agent_name}.backends[{i}]: unknown backend "
+                    f"{backend_name!r}; known backends: {', '.join(sorted(config.backends))}"
+                )
+        for backend_name in agent.tools:
+            if backend_name not in config.backends:
+                problems.append(
+                    f"agents.{agent_name}.tools.{backend_name}: unknown backend "
+                    f"{backend_name!r}; known backends: {', '.join(sorted(config.backends))}"
+                )
+    return problems
+
+
+def _check_url(path: str, url: str) -> list[str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [f"{path}: invalid URL {url!r}; expected http(s)://host[:port][/path]"]
+    if url.endswith("/") or parts.query or parts.fragment:
+        return [f"{path}: invalid URL {url!r}; remove the trailing '/', query or fragment"]
+    return []

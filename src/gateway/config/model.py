@@ -1,0 +1,195 @@
+"""The configuration Structs; each field documents its YAML key."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+DEFAULT_PIPELINE = [
+    "audit",
+    "authenticate",
+    "identify_agent",
+    "authorize",
+    "exchange",
+    "session",
+    "forward",
+]
+
+
+class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServerConfig(_Config):
+    """Where the gateway listens and how it is reached."""
+
+    public_url: str
+    """External base URL (scheme, host, optional port, no trailing slash)."""
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8000
+    """TCP port to listen on."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body accepted on an MCP endpoint; larger gets 413."""
+    max_header_bytes: int = 16 * 1024
+    """Largest total size of request headers; larger gets 431."""
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    """Browser origins allowed besides loopback ones (``http://localhost:6274``)."""
+    var_dir: str = "var"
+    """Directory for runtime state: signing keys, journals, audit files."""
+
+
+class UpstreamConfig(_Config):
+    """The upstream OIDC IdP (Okta org or the dev IdP) the gateway signs users in at."""
+
+    issuer: str
+    """The IdP issuer; its ``/.well-known/openid-configuration`` is fetched."""
+    client_id: str
+    """The gateway's confidential OIDC client at the IdP."""
+    client_secret: str = ""
+    """The client secret, usually ``${ENV_VAR}``."""
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
+        "client_secret_basic"
+    )
+    """How the gateway authenticates at the IdP token endpoint."""
+    scopes: list[str] = msgspec.field(
+        default_factory=lambda: ["openid", "profile", "email", "offline_access"]
+    )
+    """Scopes requested at sign-in; ``offline_access`` yields a refresh token."""
+
+
+class SigningConfig(_Config):
+    """Keys and lifetimes of the tokens the gateway issues."""
+
+    key_file: str = "keys/signing.jwk.json"
+    """Private signing key (JWK), relative to ``server.var_dir``; created if absent."""
+    algorithm: Literal["ES256", "RS256"] = "ES256"
+    """Signature algorithm of the gateway's access tokens."""
+    access_token_ttl: int = 600
+    """Access token lifetime in seconds."""
+    refresh_token_ttl: int = 8 * 3600
+    """Refresh token lifetime in seconds."""
+    leeway: int = 30
+    """Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds."""
+
+
+class ToolRules(_Config):
+    """Which tools of one backend an agent may call. Patterns are fnmatch globs."""
+
+    allow: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    """Tools allowed; a tool must match one pattern."""
+    deny: list[str] = msgspec.field(default_factory=list)
+    """Tools denied even when allowed; deny wins."""
+
+
+class AgentMatch(_Config):
+    """How OAuth clients are recognised as this agent."""
+
+    client_name: str | None = None
+    """Exact DCR ``client_name``; a match gives a self-asserted identity."""
+    client_ids: list[str] = msgspec.field(default_factory=list)
+    """Exact client ids."""
+
+
+class AgentConfig(_Config):
+    """Policy for one agent, such as ``cursor`` or ``claude-code``."""
+
+    match: AgentMatch = msgspec.field(default_factory=AgentMatch)
+    """Which clients this agent is."""
+    backends: list[str] = msgspec.field(default_factory=list)
+    """Backends the agent may use; ``"*"`` allows all."""
+    tools: dict[str, ToolRules] = msgspec.field(default_factory=dict)
+    """Tool rules per backend name; a backend not listed allows every tool."""
+
+
+class DefaultAgentConfig(_Config):
+    """Policy for clients that match no configured agent."""
+
+    backends: list[str] = msgspec.field(default_factory=list)
+    """Backends an unrecognised client may use; empty refuses them all."""
+    tools: dict[str, ToolRules] = msgspec.field(default_factory=dict)
+    """Tool rules per backend name."""
+
+
+class StaticKeyAuth(_Config, tag="static-key", tag_field="kind"):
+    """A fixed credential sent in one header."""
+
+    value: str
+    """The credential, usually ``${ENV_VAR}``."""
+    header: str = "X-Api-Key"
+    """The header that carries it."""
+    prefix: str = ""
+    """Text put before the value, such as ``"Bearer "``."""
+
+
+class BasicAuth(_Config, tag="basic", tag_field="kind"):
+    """HTTP Basic credentials."""
+
+    username: str
+    password: str
+
+
+class NoAuth(_Config, tag="none", tag_field="kind"):
+    """No backend credential."""
+
+
+class IdJagAuth(_Config, tag="id-jag", tag_field="kind"):
+    """Okta Cross App Access: token exchange for an ID-JAG, then the JWT-bearer grant."""
+
+    issuer: str
+    """The backend authorization server's issuer: the ID-JAG ``audience``."""
+    token_endpoint: str
+    """The backend authorization server's token endpoint."""
+    resource: str
+    """The backend's own RFC 9728 resource identifier (not the gateway URL)."""
+    client_id: str
+    """The gateway's client id at the backend authorization server."""
+    client_secret: str = ""
+    """Its secret, usually ``${ENV_VAR}``."""
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
+        "client_secret_basic"
+    )
+    """How the gateway authenticates at the backend authorization server."""
+    scopes: list[str] = msgspec.field(default_factory=list)
+    """Scopes requested for the backend token."""
+    refresh_before: int = 60
+    """Seconds before expiry at which a cached backend token is replaced."""
+
+
+BackendAuth = StaticKeyAuth | BasicAuth | NoAuth | IdJagAuth
+
+
+class BackendConfig(_Config):
+    """One backend MCP server behind the gateway."""
+
+    path: str
+    """Path of its MCP endpoint at the gateway, such as ``/employees/mcp``."""
+    url: str
+    """The backend's own MCP endpoint URL."""
+    auth: BackendAuth = msgspec.field(default_factory=NoAuth)
+    """How the gateway authenticates to the backend."""
+    anonymous: bool = False
+    """Serve without user sign-in; the chain then needs no security stages."""
+    pipeline: list[str] | None = None
+    """A chain for this backend only; the top-level ``pipeline`` otherwise."""
+    timeout: float = 30.0
+    """Seconds to wait for the backend's response headers."""
+    max_connections: int = 100
+    """Pooled connections to this backend."""
+
+
+class GatewayConfig(_Config):
+    """The whole gateway configuration file."""
+
+    server: ServerConfig
+    upstream: UpstreamConfig
+    backends: dict[str, BackendConfig]
+    signing: SigningConfig = msgspec.field(default_factory=SigningConfig)
+    agents: dict[str, AgentConfig] = msgspec.field(default_factory=dict)
+    default_agent: DefaultAgentConfig = msgspec.field(default_factory=DefaultAgentConfig)
+    pipeline: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PIPELINE))
+    stages: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    """Settings per stage reference, validated by each stage's own Struct."""
+    dev_idp: bool = False
+    """Whether ``agent-proxy demo`` runs the embedded dev IdP for this config."""

@@ -1,0 +1,255 @@
+"""The gateway's audit events: one tagged union, schema version 1.
+
+Every event carries the common fields of :class:`GatewayEvent`; a field that
+is not known when the event is published is null. Events never contain a
+token, a secret or a client assertion.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from pipeline import Event, event_union
+
+SCHEMA_VERSION = 1
+
+Outcome = Literal["success", "denied", "error"]
+
+
+class UserRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The user an event is about: issuer and subject at the upstream IdP."""
+
+    iss: str
+    sub: str
+
+
+class AgentRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The agent an event is about and how its identity was established."""
+
+    id: str
+    verified: bool
+    trust: str
+
+
+class GatewayEvent(Event, frozen=True, kw_only=True):
+    """Fields common to every gateway event.
+
+    Attributes:
+        schema_version: The audit schema version, 1.
+        user: The signed-in user, once authenticated.
+        agent: The calling agent, once identified.
+        backend: The backend name, when the request targets one.
+        method: The MCP (JSON-RPC) method, when known.
+        tool: The tool of a ``tools/call``, when known.
+        outcome: ``success``, ``denied`` or ``error``.
+        reason: A stable reason code, mainly for denials and errors.
+    """
+
+    __abstract_event__: ClassVar[bool] = True
+
+    schema_version: int = SCHEMA_VERSION
+    user: UserRef | None = None
+    agent: AgentRef | None = None
+    backend: str | None = None
+    method: str | None = None
+    tool: str | None = None
+    outcome: Outcome = "success"
+    reason: str | None = None
+
+
+# Request chain --------------------------------------------------------------
+
+
+class RequestRejected(GatewayEvent, frozen=True, kw_only=True):
+    """The HTTP layer rejected a request before the chain ran."""
+
+    status: int
+    detail: str
+
+
+class RequestAuthenticated(GatewayEvent, frozen=True, kw_only=True):
+    """A gateway access token was verified."""
+
+    client_id: str
+    token_id: str | None = None
+
+
+class AuthenticationFailed(GatewayEvent, frozen=True, kw_only=True):
+    """A request had no valid gateway access token."""
+
+    detail: str
+
+
+class AgentIdentified(GatewayEvent, frozen=True, kw_only=True):
+    """The calling agent was identified."""
+
+    client_id: str
+
+
+class AgentRejected(GatewayEvent, frozen=True, kw_only=True):
+    """The agent identity conflicted with the request (``X-MCP-Agent``)."""
+
+    detail: str
+
+
+class AccessGranted(GatewayEvent, frozen=True, kw_only=True):
+    """Policy allowed the request."""
+
+    rule: str
+
+
+class AccessDenied(GatewayEvent, frozen=True, kw_only=True):
+    """Policy denied the request; ``reason`` says why."""
+
+    detail: str
+
+
+class ToolsFiltered(GatewayEvent, frozen=True, kw_only=True):
+    """Tools the agent may not call were removed from a ``tools/list`` result."""
+
+    removed: list[str]
+
+
+class TokenExchanged(GatewayEvent, frozen=True, kw_only=True):
+    """Backend credentials were obtained or taken from the cache.
+
+    Attributes:
+        auth_kind: The backend auth kind (``id-jag``, ``static-key``, ...).
+        cache: ``hit`` or ``miss``; None for kinds that need no cache.
+        audience: The backend authorization server, for ``id-jag``.
+        expires_in: Seconds the backend token is still valid, when known.
+    """
+
+    auth_kind: str
+    cache: str | None = None
+    audience: str | None = None
+    expires_in: int | None = None
+
+
+class ExchangeFailed(GatewayEvent, frozen=True, kw_only=True):
+    """Getting backend credentials failed."""
+
+    auth_kind: str
+    step: str
+    oauth_error: str | None = None
+    detail: str
+
+
+class SessionCreated(GatewayEvent, frozen=True, kw_only=True):
+    """A gateway session was created on ``initialize``."""
+
+    session: str
+    protocol_version: str | None = None
+
+
+class SessionResumed(GatewayEvent, frozen=True, kw_only=True):
+    """A request continued an existing gateway session."""
+
+    session: str
+
+
+class SessionEnded(GatewayEvent, frozen=True, kw_only=True):
+    """A session was ended by DELETE or expiry."""
+
+    session: str
+
+
+class SessionRejected(GatewayEvent, frozen=True, kw_only=True):
+    """A session id was missing, unknown, ended, or bound to someone else."""
+
+    status: int
+    detail: str
+
+
+class BackendFailed(GatewayEvent, frozen=True, kw_only=True):
+    """The backend could not be reached or returned an unusable response."""
+
+    detail: str
+
+
+class ResponseCompleted(GatewayEvent, frozen=True, kw_only=True):
+    """A response was fully sent, or the stream ended.
+
+    Attributes:
+        status: The HTTP status sent to the client.
+        duration_ms: Time from request arrival to the last byte.
+        streamed: Whether the body was an event stream.
+        bytes_sent: Body bytes sent.
+        completed: False when the client left or the stream failed.
+    """
+
+    status: int
+    duration_ms: float
+    streamed: bool
+    bytes_sent: int
+    completed: bool = True
+
+
+# OAuth front door -----------------------------------------------------------
+
+
+class ClientRegistered(GatewayEvent, frozen=True, kw_only=True):
+    """A client registered with dynamic client registration."""
+
+    client_id: str
+    client_name: str | None = None
+    redirect_uris: list[str] = msgspec.field(default_factory=list)
+
+
+class AuthorizationRequested(GatewayEvent, frozen=True, kw_only=True):
+    """A client started an authorization request."""
+
+    client_id: str
+    resource: str | None = None
+
+
+class AuthorizationRejected(GatewayEvent, frozen=True, kw_only=True):
+    """An authorization request was refused (policy, bad input, IdP error)."""
+
+    client_id: str | None = None
+    resource: str | None = None
+    detail: str
+
+
+class ConsentGranted(GatewayEvent, frozen=True, kw_only=True):
+    """The user approved a client on the consent page."""
+
+    client_id: str
+
+
+class UserSignedIn(GatewayEvent, frozen=True, kw_only=True):
+    """The upstream IdP signed a user in and the gateway created a grant."""
+
+    client_id: str
+    grant_id: str
+
+
+class TokenIssued(GatewayEvent, frozen=True, kw_only=True):
+    """The gateway issued an access token."""
+
+    client_id: str
+    grant_type: str
+    audience: str
+    token_id: str
+
+
+class TokenRequestFailed(GatewayEvent, frozen=True, kw_only=True):
+    """A token request was rejected with an OAuth error."""
+
+    client_id: str | None = None
+    grant_type: str | None = None
+    oauth_error: str
+
+
+class RefreshTokenReused(GatewayEvent, frozen=True, kw_only=True):
+    """A rotated-out refresh token was presented; its family was revoked."""
+
+    client_id: str
+    grant_id: str
+
+
+def audit_event_union() -> Any:
+    """Return the tagged union of every concrete gateway event type."""
+    return event_union(GatewayEvent)

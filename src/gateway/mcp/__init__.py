@@ -1,0 +1,1 @@
+"""MCP streamable HTTP: JSON-RPC envelopes, SSE, responses and the endpoint."""

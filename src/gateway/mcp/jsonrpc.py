@@ -1,0 +1,155 @@
+"""Parsing the JSON-RPC envelope of an MCP POST body, once.
+
+Error codes are those of JSON-RPC 2.0 section 5.1 plus MCP's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+MessageKind = Literal["request", "notification", "response"]
+
+_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+class JsonRpcError(Exception):
+    """A body that is not one valid JSON-RPC message.
+
+    Attributes:
+        code: The JSON-RPC error code (-32700 or -32600).
+        id: The request id when it could be read, else None.
+    """
+
+    def __init__(self, message: str, *, code: int, id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.id = id
+
+
+class JsonRpcMessage:
+    """One parsed JSON-RPC message.
+
+    Attributes:
+        kind: ``request``, ``notification`` or ``response``.
+        id: The id exactly as sent (str or int), None for notifications.
+        method: The method of a request or notification.
+        params: The params object, or an empty dict.
+        data: The whole decoded message.
+    """
+
+    __slots__ = ("kind", "id", "method", "params", "data")
+
+    def __init__(
+        self,
+        kind: MessageKind,
+        id: Any,
+        method: str | None,
+        params: dict[str, Any],
+        data: dict[str, Any],
+    ) -> None:
+        self.kind = kind
+        self.id = id
+        self.method = method
+        self.params = params
+        self.data = data
+
+    @property
+    def tool_name(self) -> str | None:
+        """The tool of a ``tools/call`` request, else None."""
+        if self.method == "tools/call":
+            name = self.params.get("name")
+            return name if isinstance(name, str) else None
+        return None
+
+
+def parse_message(body: bytes) -> JsonRpcMessage:
+    """Parse one JSON-RPC message from a POST body.
+
+    Batches (arrays) are rejected: MCP removed JSON-RPC batching in 2025-06-18.
+
+    Raises:
+        JsonRpcError: With code -32700 for invalid JSON and -32600 for anything
+            that is not a single well-formed request, notification or response.
+    """
+    try:
+        data = _decoder.decode(body)
+    except msgspec.DecodeError:
+        raise JsonRpcError("Parse error: the body is not valid JSON", code=PARSE_ERROR) from None
+    if isinstance(data, list):
+        raise JsonRpcError(
+            "Invalid Request: JSON-RPC batches are not supported; send one message per POST",
+            code=INVALID_REQUEST,
+        )
+    if not isinstance(data, dict):
+        raise JsonRpcError(
+            "Invalid Request: the body must be a JSON-RPC object", code=INVALID_REQUEST
+        )
+    raw_id = data.get("id")
+    id_ok = "id" in data and _valid_id(raw_id)
+    echo_id = raw_id if id_ok else None
+    if data.get("jsonrpc") != "2.0":
+        raise JsonRpcError(
+            'Invalid Request: "jsonrpc" must be "2.0"', code=INVALID_REQUEST, id=echo_id
+        )
+    if "id" in data and not id_ok:
+        raise JsonRpcError(
+            "Invalid Request: id must be a string or an integer", code=INVALID_REQUEST
+        )
+    method = data.get("method")
+    if method is not None:
+        if not isinstance(method, str) or not method:
+            raise JsonRpcError(
+                "Invalid Request: method must be a non-empty string",
+                code=INVALID_REQUEST,
+                id=echo_id,
+            )
+        params = data.get("params", {})
+        if not isinstance(params, dict):
+            raise JsonRpcError(
+                "Invalid Request: params must be an object",
+                code=INVALID_REQUEST,
+                id=echo_id,
+            )
+        kind: MessageKind = "request" if "id" in data else "notification"
+        return JsonRpcMessage(kind, raw_id if kind == "request" else None, method, params, data)
+    if "id" in data and ("result" in data or "error" in data):
+        return JsonRpcMessage("response", raw_id, None, {}, data)
+    raise JsonRpcError(
+        "Invalid Request: the message is neither a request, a notification nor a response",
+        code=INVALID_REQUEST,
+        id=echo_id,
+    )
+
+
+def _valid_id(value: Any) -> bool:
+    # bool is a subclass of int, but true/false are not valid ids.
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def error_body(
+    id: Any, code: int, message: str, data: dict[str, Any] | None = None
+) -> bytes:
+    """Encode a JSON-RPC error response; ``id`` keeps its exact type."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data:
+        error["data"] = data
+    return _encoder.encode({"jsonrpc": "2.0", "id": id, "error": error})
+
+
+def encode(value: Any) -> bytes:
+    """Encode a value as compact JSON."""
+    return _encoder.encode(value)
+
+
+def decode(data: bytes) -> Any:
+    """Decode JSON bytes; raises ``msgspec.DecodeError`` when invalid."""
+    return _decoder.decode(data)

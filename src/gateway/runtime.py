@@ -1,0 +1,89 @@
+"""The gateway's shared services, handed to every stage as ``resources``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline import Chain, EventBus, current_ids
+
+if TYPE_CHECKING:
+    from gateway.agents import AgentResolver
+    from gateway.config import BackendConfig, GatewayConfig
+    from gateway.events import GatewayEvent
+    from gateway.exchange.service import CredentialService
+    from gateway.mcp.backend import BackendClient
+    from gateway.oauth.grants import GrantStore
+    from gateway.oauth.keys import SigningKeys
+    from gateway.oauth.upstream import UpstreamClient
+    from gateway.sessions import SessionStore
+    from gateway.store import Store
+
+
+@dataclass
+class BackendRuntime:
+    """Everything the gateway needs at run time for one backend.
+
+    Attributes:
+        name: The backend's name in config.
+        config: Its config.
+        resource: Its canonical resource URL at the gateway (``public_url + path``).
+        chain: The chain that serves its MCP endpoint.
+        client: The pooled HTTP client for the forward hop.
+    """
+
+    name: str
+    config: BackendConfig
+    resource: str
+    chain: Chain[Any, Any]
+    client: BackendClient
+
+
+@dataclass
+class Runtime:
+    """Shared services; one instance per running gateway.
+
+    Attributes:
+        config: The loaded configuration.
+        store: Gateway state (grants, sessions, codes, caches).
+        bus: The event bus; publish through :meth:`publish`.
+        keys: The gateway's token signing keys.
+        grants: Server-side grants with the users' upstream tokens.
+        upstream: The OIDC client of the upstream IdP.
+        sessions: Gateway-to-backend MCP session mappings.
+        credentials: Backend credentials (static, basic, ID-JAG with cache).
+        agents: Maps OAuth clients to configured agents.
+        backends: Per-backend runtime, by name.
+        by_path: Backend name by gateway path.
+    """
+
+    config: GatewayConfig
+    store: Store
+    bus: EventBus
+    keys: SigningKeys
+    grants: GrantStore
+    upstream: UpstreamClient
+    sessions: SessionStore
+    credentials: CredentialService
+    agents: AgentResolver
+    backends: dict[str, BackendRuntime] = field(default_factory=dict)
+    by_path: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def issuer(self) -> str:
+        """The gateway's issuer: ``server.public_url``."""
+        return self.config.server.public_url
+
+    def resource_for(self, backend_name: str) -> str:
+        """Return a backend's canonical resource URL at the gateway."""
+        return self.config.server.public_url + self.config.backends[backend_name].path
+
+    async def publish(self, event: GatewayEvent) -> None:
+        """Publish an event, filling ``trace_id``/``span_id`` from the current span."""
+        if event.trace_id is None:
+            trace_id, span_id = current_ids()
+            if trace_id is not None:
+                import msgspec
+
+                event = msgspec.structs.replace(event, trace_id=trace_id, span_id=span_id)
+        await self.bus.publish(event)

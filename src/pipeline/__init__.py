@@ -1,0 +1,43 @@
+"""A small middleware-chain engine: stages, chains, typed events and a bus.
+
+This package knows nothing about HTTP, MCP or OAuth. A host application
+defines a context subclass, registers stage classes and builds chains from a
+declaration such as the ``pipeline`` list of a YAML file.
+"""
+
+from pipeline.bus import EventBus, Sink
+from pipeline.chain import Chain, ChainPlan, StageDeclaration, build_chain, plan_chain
+from pipeline.context import Context, MissingFactError
+from pipeline.errors import ChainConfigError, PipelineError, TerminalStageError
+from pipeline.events import Event, event_union, new_event_id, utc_now
+from pipeline.journal import Journal
+from pipeline.registry import StageLookupError, StageRegistry
+from pipeline.stage import BaseStage, Next, NoConfig, Stage
+from pipeline.tracing import current_ids
+
+__all__ = [
+    "BaseStage",
+    "Chain",
+    "ChainConfigError",
+    "ChainPlan",
+    "Context",
+    "Event",
+    "EventBus",
+    "Journal",
+    "MissingFactError",
+    "Next",
+    "NoConfig",
+    "PipelineError",
+    "Sink",
+    "Stage",
+    "StageDeclaration",
+    "StageLookupError",
+    "StageRegistry",
+    "TerminalStageError",
+    "build_chain",
+    "current_ids",
+    "event_union",
+    "new_event_id",
+    "plan_chain",
+    "utc_now",
+]

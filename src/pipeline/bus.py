@@ -1,0 +1,183 @@
+"""The in-process event bus, with best-effort and durable subscribers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from pipeline.events import Event
+from pipeline.journal import Journal
+
+log = structlog.get_logger("pipeline.bus")
+
+Handler = Callable[[Event], Awaitable[None]]
+
+
+class Sink(Protocol):
+    """The destination of a durable subscriber.
+
+    :meth:`deliver` receives encoded events in publication order. It returns
+    only once the batch is safely at its destination; raising means the whole
+    batch is retried later, so destinations should de-duplicate by event ``id``.
+    """
+
+    async def deliver(self, batch: Sequence[bytes]) -> None:
+        """Deliver a batch of encoded events."""
+        ...
+
+
+@dataclass
+class _BestEffort:
+    name: str
+    handler: Handler
+    send: MemoryObjectSendStream[Event]
+    receive: MemoryObjectReceiveStream[Event]
+    dropped: int = 0
+
+
+@dataclass
+class _Durable:
+    name: str
+    sink: Sink
+    journal: Journal
+    batch_size: int
+    delivered: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    retry_delays: list[float] = field(default_factory=lambda: [0.1, 0.5, 2.0, 10.0])
+
+
+class EventBus:
+    """Fans events out to subscribers, each with its own queue and task.
+
+    A slow or failing subscriber never delays the others or the publisher, with
+    one deliberate exception: a durable subscriber whose journal is full makes
+    :meth:`publish` wait, so that no audit event is lost.
+
+    Call :meth:`start` inside a task group before publishing and :meth:`aclose`
+    on shutdown.
+    """
+
+    def __init__(self) -> None:
+        self._best_effort: list[_BestEffort] = []
+        self._durable: list[_Durable] = []
+        self._encoder = msgspec.json.Encoder()
+        self._task_group: TaskGroup | None = None
+
+    def subscribe(self, name: str, handler: Handler, *, max_queue: int = 1000) -> None:
+        """Add a best-effort subscriber.
+
+        Publishing never waits for it; when its queue of ``max_queue`` events is
+        full, new events are dropped for it and counted in :meth:`stats`.
+        """
+        send, receive = anyio.create_memory_object_stream[Event](max_queue)
+        sub = _BestEffort(name, handler, send, receive)
+        self._best_effort.append(sub)
+        if self._task_group is not None:
+            self._task_group.start_soon(self._run_best_effort, sub)
+
+    def subscribe_durable(
+        self, name: str, sink: Sink, journal: Journal, *, batch_size: int = 100
+    ) -> None:
+        """Add a durable subscriber that delivers from ``journal`` to ``sink``."""
+        sub = _Durable(name, sink, journal, batch_size)
+        self._durable.append(sub)
+        if self._task_group is not None:
+            self._task_group.start_soon(self._run_durable, sub)
+
+    def start(self, task_group: TaskGroup) -> None:
+        """Start one delivery task per subscriber in ``task_group``."""
+        self._task_group = task_group
+        for sub in self._best_effort:
+            task_group.start_soon(self._run_best_effort, sub)
+        for durable in self._durable:
+            task_group.start_soon(self._run_durable, durable)
+
+    async def publish(self, event: Event) -> None:
+        """Publish one event to every subscriber.
+
+        Returns once every durable subscriber has the event in its journal.
+        """
+        for sub in self._best_effort:
+            try:
+                sub.send.send_nowait(event)
+            except anyio.WouldBlock:
+                sub.dropped += 1
+                if sub.dropped == 1 or math.log2(sub.dropped).is_integer():
+                    log.warning("bus.events_dropped", subscriber=sub.name, dropped=sub.dropped)
+        if self._durable:
+            data = self._encoder.encode(event)
+            for durable in self._durable:
+                await durable.journal.append(data)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Return per-subscriber counters: drops, pending entries, failures."""
+        out: dict[str, dict[str, Any]] = {}
+        for sub in self._best_effort:
+            out[sub.name] = {"kind": "best_effort", "dropped": sub.dropped}
+        for durable in self._durable:
+            out[durable.name] = {
+                "kind": "durable",
+                "pending": durable.journal.pending,
+                "delivered": durable.delivered,
+                "failures": durable.failures,
+                "last_error": durable.last_error,
+            }
+        return out
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until durable journals and best-effort queues are empty."""
+        with anyio.move_on_after(timeout):
+            while any(d.journal.pending for d in self._durable) or any(
+                s.receive.statistics().current_buffer_used for s in self._best_effort
+            ):
+                await anyio.sleep(0.01)
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Deliver what can be delivered within ``timeout``, then stop."""
+        await self.drain(timeout)
+        for sub in self._best_effort:
+            await sub.send.aclose()
+        for durable in self._durable:
+            durable.journal.close()
+
+    async def _run_best_effort(self, sub: _BestEffort) -> None:
+        async with sub.receive:
+            async for event in sub.receive:
+                try:
+                    await sub.handler(event)
+                except Exception:
+                    log.exception("bus.subscriber_failed", subscriber=sub.name)
+
+    async def _run_durable(self, sub: _Durable) -> None:
+        attempt = 0
+        while True:
+            await sub.journal.wait()
+            batch = sub.journal.peek(sub.batch_size)
+            try:
+                await sub.sink.deliver(batch)
+            except Exception as exc:
+                sub.failures += 1
+                sub.last_error = f"{type(exc).__name__}: {exc}"
+                delay = sub.retry_delays[min(attempt, len(sub.retry_delays) - 1)]
+                attempt += 1
+                log.warning(
+                    "bus.delivery_failed",
+                    subscriber=sub.name,
+                    error=sub.last_error,
+                    pending=sub.journal.pending,
+                    retry_in_s=delay,
+                )
+                await anyio.sleep(delay)
+                continue
+            attempt = 0
+            sub.delivered += len(batch)
+            sub.journal.commit(len(batch))

@@ -1,0 +1,260 @@
+"""Building and running a chain of stages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic
+
+import msgspec
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from pipeline.errors import ChainConfigError, TerminalStageError
+from pipeline.registry import StageLookupError, StageRegistry
+from pipeline.stage import CtxT, NoConfig, RespT, Stage
+
+_tracer = trace.get_tracer("pipeline")
+
+
+class Chain(Generic[CtxT, RespT]):
+    """An ordered, validated list of stages, outermost first.
+
+    Calling the chain runs each stage inside its own span named
+    ``stage <name>``. Spans nest as the stages do and each ends when its stage
+    returns, so a streamed response outlives the stage spans.
+    """
+
+    def __init__(self, stages: Sequence[Stage[CtxT, RespT]]) -> None:
+        self.stages: tuple[Stage[CtxT, RespT], ...] = tuple(stages)
+        self._span_names = tuple(f"stage {s.name}" for s in self.stages)
+
+    async def __call__(self, ctx: CtxT) -> RespT:
+        """Run the chain for one request and return its response."""
+        return await self._run(0, ctx)
+
+    async def _run(self, index: int, ctx: CtxT) -> RespT:
+        if index >= len(self.stages):
+            last = self.stages[-1].name if self.stages else "<empty>"
+            msg = f"stage {last!r} called the next stage, but it is the last one"
+            raise TerminalStageError(msg)
+        stage = self.stages[index]
+
+        async def call_next(next_ctx: CtxT) -> RespT:
+            return await self._run(index + 1, next_ctx)
+
+        with _tracer.start_as_current_span(
+            self._span_names[index],
+            attributes={"pipeline.stage": stage.name},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                return await stage.handle(ctx, call_next)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+
+
+@dataclass(frozen=True)
+class StageDeclaration:
+    """How one stage of a built chain was declared.
+
+    Attributes:
+        ref: The reference as written in YAML.
+        path: The YAML path of the reference, such as ``pipeline[2]``.
+        cls: The stage class.
+        settings: The decoded settings Struct.
+    """
+
+    ref: str
+    path: str
+    cls: type[Any]
+    settings: msgspec.Struct
+
+
+@dataclass
+class ChainPlan:
+    """The result of validating a chain declaration, before instantiation.
+
+    Attributes:
+        declarations: One entry per stage, in chain order.
+        warnings: Problems that do not stop the chain from being built.
+    """
+
+    declarations: list[StageDeclaration]
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan_chain(
+    refs: Sequence[str],
+    registry: StageRegistry,
+    settings: Mapping[str, Any],
+    *,
+    path: str = "pipeline",
+    settings_path: str = "stages",
+    given: frozenset[str] = frozenset(),
+) -> ChainPlan:
+    """Validate a chain declaration and decode each stage's settings.
+
+    Args:
+        refs: Stage references, outermost first.
+        registry: Where type names are looked up.
+        settings: The raw settings per reference (``stages.<ref>`` in YAML).
+        path: The YAML path of ``refs``, used as the prefix of messages.
+        settings_path: The YAML path of ``settings``.
+        given: Facts the host provides before the chain runs.
+
+    Returns:
+        The validated plan.
+
+    Raises:
+        ChainConfigError: Listing every problem found, each with its YAML path
+            and the fix.
+    """
+    problems: list[str] = []
+    declarations: list[StageDeclaration] = []
+    first_seen: dict[str, int] = {}
+    resolved: list[type[Any] | None] = []
+
+    for index, ref in enumerate(refs):
+        where = f"{path}[{index}]"
+        if ref in first_seen:
+            problems.append(
+                f'{where}: stage "{ref}" appears twice (first at '
+                f"{path}[{first_seen[ref]}]); remove one of them"
+            )
+            resolved.append(None)
+            continue
+        first_seen[ref] = index
+        try:
+            cls = registry.resolve(ref)
+        except StageLookupError as exc:
+            problems.append(f"{where}: {exc}")
+            resolved.append(None)
+            continue
+        problem = _check_stage_class(cls)
+        if problem:
+            problems.append(f"{where}: stage {ref!r} {problem}")
+            resolved.append(None)
+            continue
+        resolved.append(cls)
+        config_type = getattr(cls, "Config", NoConfig)
+        raw = settings.get(ref)
+        if raw is None:
+            raw = {}
+        try:
+            config = msgspec.convert(raw, config_type, str_keys=True)
+        except msgspec.ValidationError as exc:
+            problems.append(f"{settings_path}.{ref}: {_describe(exc)}")
+            continue
+        declarations.append(StageDeclaration(ref, where, cls, config))
+
+    problems.extend(_check_facts(refs, resolved, registry, path, given))
+    problems.extend(_check_terminal(refs, resolved, registry, path))
+    for key in settings:
+        if key not in first_seen:
+            problems.append(
+                f"{settings_path}.{key}: settings for a stage that is not in "
+                f"{path}; add {key!r} to {path} or remove these settings"
+            )
+    if problems:
+        raise ChainConfigError(problems)
+    return ChainPlan(declarations)
+
+
+def build_chain(
+    plan: ChainPlan,
+    *,
+    resources: Any,
+) -> Chain[Any, Any]:
+    """Instantiate every stage of a validated plan, in order."""
+    stages = [
+        decl.cls(name=decl.ref, config=decl.settings, resources=resources)
+        for decl in plan.declarations
+    ]
+    return Chain(stages)
+
+
+def _check_stage_class(cls: type[Any]) -> str | None:
+    for attr in ("requires", "provides", "terminal", "handle"):
+        if not hasattr(cls, attr):
+            return f"is not a stage: class {cls.__qualname__} has no {attr!r}"
+    return None
+
+
+def _check_facts(
+    refs: Sequence[str],
+    resolved: Sequence[type[Any] | None],
+    registry: StageRegistry,
+    path: str,
+    given: frozenset[str],
+) -> list[str]:
+    problems: list[str] = []
+    available = set(given)
+    for index, (ref, cls) in enumerate(zip(refs, resolved, strict=True)):
+        if cls is None:
+            continue
+        for fact in sorted(cls.requires):
+            if fact in available:
+                continue
+            fix = _provider_hint(fact, refs[index + 1 :], resolved[index + 1 :], registry)
+            problems.append(
+                f'{path}[{index}]: stage "{ref}" requires "{fact}", which no '
+                f"stage before it provides; {fix}"
+            )
+        available.update(cls.provides)
+    return problems
+
+
+def _provider_hint(
+    fact: str,
+    later_refs: Sequence[str],
+    later: Sequence[type[Any] | None],
+    registry: StageRegistry,
+) -> str:
+    for ref, cls in zip(later_refs, later, strict=True):
+        if cls is not None and fact in cls.provides:
+            return f'put "{ref}" before it'
+    providers = [name for name, cls in registry.items() if fact in cls.provides]
+    if providers:
+        choices = " or ".join(f'"{name}"' for name in sorted(providers))
+        return f"add {choices} before it"
+    return f'add a stage that provides "{fact}" before it'
+
+
+def _check_terminal(
+    refs: Sequence[str],
+    resolved: Sequence[type[Any] | None],
+    registry: StageRegistry,
+    path: str,
+) -> list[str]:
+    terminals = sorted(name for name, cls in registry.items() if cls.terminal)
+    ending = " or ".join(f'"{name}"' for name in terminals) or "a terminal stage"
+    problems: list[str] = []
+    if not refs:
+        return [f"{path}: the chain is empty; list its stages, ending with {ending}"]
+    for index, (ref, cls) in enumerate(zip(refs, resolved, strict=True)):
+        if cls is not None and cls.terminal and index != len(refs) - 1:
+            problems.append(
+                f'{path}[{index}]: stage "{ref}" is terminal, so nothing after it '
+                "would run; move it to the end"
+            )
+    last = resolved[-1]
+    if last is not None and not last.terminal:
+        problems.append(
+            f'{path}: the chain has no terminal stage; its last stage "{refs[-1]}" '
+            f"passes requests on to nothing; end it with {ending}"
+        )
+    return problems
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    # msgspec appends " - at `$.x.y`"; turn it into a YAML-style suffix.
+    head, sep, where = text.rpartition(" - at `$")
+    if sep:
+        return f"{head} (at {where.rstrip('`').lstrip('.') or 'top level'})"
+    return text
