@@ -20,6 +20,7 @@ __all__ = [
     "JwtRejectedError",
     "SigningKey",
     "jwks_document",
+    "public_key_set",
     "read_unverified_header",
     "verify_jwt",
 ]
