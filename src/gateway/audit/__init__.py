@@ -1,0 +1,1 @@
+"""Audit sinks: durable bus subscribers that write events somewhere."""

@@ -1,0 +1,181 @@
+"""The ``agent-proxy`` command line: run, demo, check."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import anyio
+import structlog
+
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError
+from gateway.telemetry import configure_logging, configure_tracing
+
+DEFAULT_CONFIG = Path("config/gateway.yaml")
+
+log = structlog.get_logger("gateway.cli")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    configure_logging(json=args.log_format == "json" if args.log_format else None)
+    if args.command == "check":
+        return _check(args.config)
+    configure_tracing()
+    if args.command == "run":
+        return _run(args.config)
+    return _demo(check=args.check, var_dir=Path(args.var_dir))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-proxy",
+        description="Okta Agent Proxy: an MCP security gateway.",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        help="log output format (default: console on a terminal, JSON otherwise)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="serve the gateway")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"config file (default: {DEFAULT_CONFIG})",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the dev IdP, the demo backends and the gateway on 127.0.0.1",
+    )
+    demo.add_argument(
+        "--check",
+        action="store_true",
+        help="drive the official MCP client through every step, then exit 0 "
+        "only if all behaved as expected",
+    )
+    demo.add_argument(
+        "--var-dir",
+        default="var",
+        help="directory for keys, journals and var/audit.jsonl (default: var)",
+    )
+
+    check = commands.add_parser("check", help="validate a config and print its chains")
+    check.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"config file (default: {DEFAULT_CONFIG})",
+    )
+    return parser
+
+
+def _load(path: Path) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
+        return None
+
+
+def _print_problems(path: Path, problems: list[str]) -> None:
+    print(f"{path}: invalid configuration ({len(problems)} problems):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _check(path: Path) -> int:
+    from gateway.chains import describe, plan_backend_chains
+
+    config = _load(path)
+    if config is None:
+        return 1
+    try:
+        plans, warnings = plan_backend_chains(config)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
+        return 1
+    print(f"{path}: valid")
+    for plan in plans.values():
+        for line in describe(plan):
+            print(line)
+    for warning in warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _run(path: Path) -> int:
+    from gateway.app import open_gateway
+    from gateway.demo.serve import serve_app
+
+    config = _load(path)
+    if config is None:
+        return 1
+
+    async def serve() -> None:
+        async with open_gateway(config) as gateway:
+            await serve_app(
+                gateway.asgi, config.server.host, config.server.port, log_level="warning"
+            )
+
+    try:
+        anyio.run(serve)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _demo(*, check: bool, var_dir: Path) -> int:
+    from gateway.demo.check import check_demo
+    from gateway.demo.runner import run_demo
+
+    async def demo() -> int:
+        async with run_demo(var_dir=var_dir) as stack:
+            _print_banner(stack)
+            if check:
+                ok = await check_demo(stack)
+                print("demo check passed" if ok else "demo check FAILED")
+                return 0 if ok else 1
+            await anyio.sleep_forever()
+        return 0
+
+    try:
+        return anyio.run(demo)
+    except OSError as exc:
+        print(f"agent-proxy demo: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _print_banner(stack: object) -> None:
+    from gateway.demo.runner import DemoStack
+
+    assert isinstance(stack, DemoStack)
+    urls = stack.urls
+    print("Okta Agent Proxy demo")
+    print(f"  gateway    {urls['gateway']}")
+    print(f"  dev IdP    {urls['idp']}  (users: alice, bob; no password)")
+    print(f"  employees  {stack.mcp_url('employees')}  (ID-JAG to {urls['employees']})")
+    print(f"  partners   {stack.mcp_url('partners')}  (static key to {urls['partners']})")
+    print(f"  audit log  {stack.audit_path}")
+    print("Connect an MCP client to one of the two gateway URLs above; name the")
+    print('client "cursor" (both backends) or "claude-code" (employees only).')
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

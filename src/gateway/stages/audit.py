@@ -1,0 +1,100 @@
+"""The ``audit`` stage: the outermost stage, which sees every outcome."""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+from gateway.audit.config import AuditConfig
+from gateway.context import RequestContext
+from gateway.events import AgentRef, ResponseCompleted, UserRef
+from gateway.facts import AGENT, PRINCIPAL, AgentIdentity, Principal
+from gateway.mcp.response import GatewayResponse, StreamOutcome
+from pipeline import BaseStage, Next
+
+
+class AuditStage(BaseStage[RequestContext, GatewayResponse]):
+    """Publish ``ResponseCompleted`` when a response has been fully sent.
+
+    Reads whatever facts exist when the response ends (``principal``,
+    ``agent``), so short-circuits by later stages are recorded with what was
+    known. For streamed responses the event is published when the stream
+    ends, with ``completed`` False when the client left early. An exception
+    from a later stage is recorded as an ``error`` outcome and re-raised.
+
+    The sinks are configured here (``stages.audit.sinks``) and run as durable
+    bus subscribers, so events from every stage and from the OAuth front door
+    reach them. Never ends the chain early.
+    """
+
+    provides: ClassVar[frozenset[str]] = frozenset()
+    stability = "beta"
+    Config = AuditConfig
+
+    async def handle(
+        self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
+    ) -> GatewayResponse:
+        """Run the chain and record how its response ended."""
+        try:
+            response = await call_next(ctx)
+        except Exception as exc:
+            await self._publish(ctx, 500, False, 0, False, "internal_error", repr(exc))
+            raise
+
+        async def on_close(outcome: StreamOutcome) -> None:
+            reason = response.reason if response.status >= 400 or response.reason else None
+            await self._publish(
+                ctx,
+                response.status,
+                response.is_stream,
+                outcome.bytes_sent,
+                outcome.completed,
+                reason,
+                outcome.error,
+            )
+
+        response.on_close.append(on_close)
+        return response
+
+    async def _publish(
+        self,
+        ctx: RequestContext,
+        status: int,
+        streamed: bool,
+        bytes_sent: int,
+        completed: bool,
+        reason: str | None,
+        error: str | None,
+    ) -> None:
+        principal: Principal | None = ctx.get_fact(PRINCIPAL)
+        agent: AgentIdentity | None = ctx.get_fact(AGENT)
+        if status >= 500 or error:
+            outcome = "error"
+        elif status in (401, 403) or reason in ("tool_denied",):
+            outcome = "denied"
+        elif reason is not None:
+            outcome = "error"
+        else:
+            outcome = "success"
+        await ctx.runtime.publish(
+            ResponseCompleted(
+                request_id=ctx.request_id,
+                stage=self.name,
+                user=UserRef(iss=principal.iss, sub=principal.sub) if principal else None,
+                agent=(
+                    AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust)
+                    if agent
+                    else None
+                ),
+                backend=ctx.backend_name,
+                method=ctx.mcp_method,
+                tool=ctx.tool,
+                outcome=outcome,
+                reason=reason if reason else error,
+                status=status,
+                duration_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+                streamed=streamed,
+                bytes_sent=bytes_sent,
+                completed=completed,
+            )
+        )

@@ -1,0 +1,156 @@
+"""The ``authorize`` stage: may this agent and user use this backend and tool."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+from gateway.context import RequestContext
+from gateway.events import AccessDenied, AccessGranted, AgentRef, ToolsFiltered, UserRef
+from gateway.facts import AGENT, DECISION, PRINCIPAL, AgentIdentity, Decision, Principal
+from gateway.mcp.response import GatewayResponse, jsonrpc_error_response
+from gateway.mcp.sse import transform_messages
+from pipeline import BaseStage, Next
+
+ACCESS_DENIED = -32003
+
+
+class AuthorizeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Settings of the ``authorize`` stage."""
+
+    filter_tools_list: bool = True
+    """Remove tools the agent may not call from ``tools/list`` results."""
+    require_verified_agent: list[str] = msgspec.field(default_factory=list)
+    """Backends that only verified agents may use."""
+
+
+class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
+    """Apply agent policy: allowed backends and per-tool allow/deny rules.
+
+    Reads ``principal`` and ``agent``; provides ``decision``. A backend the
+    agent may not use is answered with HTTP 403 (the token should not have
+    been issued, so this only happens after a policy change). A denied
+    ``tools/call`` is answered with HTTP 200 and a JSON-RPC error naming the
+    tool and the rule. Both publish ``AccessDenied`` and end the chain.
+    Allowed requests publish ``AccessGranted``. ``tools/list`` results are
+    filtered on the way back, with a ``ToolsFiltered`` event when tools were
+    removed.
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset({PRINCIPAL, AGENT})
+    provides: ClassVar[frozenset[str]] = frozenset({DECISION})
+    stability = "beta"
+    Config = AuthorizeConfig
+
+    async def handle(
+        self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
+    ) -> GatewayResponse:
+        """Provide ``decision``, or end the chain with a denial."""
+        principal: Principal = ctx.fact(PRINCIPAL)
+        agent: AgentIdentity = ctx.fact(AGENT)
+        agents = ctx.runtime.agents
+        backend = ctx.backend_name
+        request_id = ctx.message.id if ctx.message else None
+
+        if not agents.allows_backend(agent.id, backend):
+            detail = f"agent {agent.id!r} is not allowed to use backend {backend!r}"
+            await self._deny(ctx, principal, agent, "backend_not_allowed", detail)
+            return jsonrpc_error_response(
+                403, request_id, ACCESS_DENIED, f"Forbidden: {detail}",
+                reason="backend_not_allowed",
+            )
+        if backend in self.config.require_verified_agent and not agent.verified:
+            detail = f"backend {backend!r} requires a verified agent; {agent.id!r} is {agent.trust}"
+            await self._deny(ctx, principal, agent, "agent_not_verified", detail)
+            return jsonrpc_error_response(
+                403, request_id, ACCESS_DENIED, f"Forbidden: {detail}",
+                reason="agent_not_verified",
+            )
+
+        rule = f"agents.{agent.id}.backends"
+        if ctx.tool is not None:
+            allowed, rule = agents.check_tool(agent.id, backend, ctx.tool)
+            if not allowed:
+                detail = (
+                    f"tool {ctx.tool!r} on backend {backend!r} is denied for agent "
+                    f"{agent.id!r} by {rule}"
+                )
+                await self._deny(ctx, principal, agent, "tool_denied", detail)
+                return jsonrpc_error_response(
+                    200, request_id, ACCESS_DENIED, f"Access denied: {detail}",
+                    reason="tool_denied", data={"tool": ctx.tool, "rule": rule},
+                )
+
+        ctx.provide(DECISION, Decision(allowed=True, backend=backend, tool=ctx.tool, rule=rule))
+        await ctx.runtime.publish(
+            AccessGranted(
+                request_id=ctx.request_id, stage=self.name,
+                user=UserRef(iss=principal.iss, sub=principal.sub),
+                agent=AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
+                backend=backend, method=ctx.mcp_method, tool=ctx.tool, rule=rule,
+            )
+        )
+        response = await call_next(ctx)
+        if ctx.mcp_method == "tools/list" and self.config.filter_tools_list:
+            return self._filter_tools(ctx, principal, agent, response)
+        return response
+
+    async def _deny(
+        self,
+        ctx: RequestContext,
+        principal: Principal,
+        agent: AgentIdentity,
+        reason: str,
+        detail: str,
+    ) -> None:
+        await ctx.runtime.publish(
+            AccessDenied(
+                request_id=ctx.request_id, stage=self.name,
+                user=UserRef(iss=principal.iss, sub=principal.sub),
+                agent=AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
+                backend=ctx.backend_name, method=ctx.mcp_method, tool=ctx.tool,
+                outcome="denied", reason=reason, detail=detail,
+            )
+        )
+
+    def _filter_tools(
+        self,
+        ctx: RequestContext,
+        principal: Principal,
+        agent: AgentIdentity,
+        response: GatewayResponse,
+    ) -> GatewayResponse:
+        agents = ctx.runtime.agents
+        removed: list[str] = []
+
+        def keep_allowed(message: dict[str, Any]) -> dict[str, Any]:
+            result = message.get("result")
+            if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+                return message
+            kept = []
+            for tool in result["tools"]:
+                name = tool.get("name") if isinstance(tool, dict) else None
+                if isinstance(name, str) and not agents.check_tool(
+                    agent.id, ctx.backend_name, name
+                )[0]:
+                    removed.append(name)
+                    continue
+                kept.append(tool)
+            return {**message, "result": {**result, "tools": kept}}
+
+        async def report(_outcome: Any) -> None:
+            if removed:
+                await ctx.runtime.publish(
+                    ToolsFiltered(
+                        request_id=ctx.request_id, stage=self.name,
+                        user=UserRef(iss=principal.iss, sub=principal.sub),
+                        agent=AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
+                        backend=ctx.backend_name, method=ctx.mcp_method,
+                        removed=sorted(set(removed)),
+                    )
+                )
+
+        filtered = transform_messages(response, keep_allowed)
+        filtered.on_close.append(report)
+        return filtered

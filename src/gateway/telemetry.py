@@ -1,0 +1,77 @@
+"""OpenTelemetry and structlog set-up for the gateway process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+_configured = False
+
+
+def configure_tracing(default_service_name: str = "agent-proxy") -> TracerProvider | None:
+    """Install a tracer provider that honours the standard ``OTEL_*`` variables.
+
+    ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_TRACES_SAMPLER``
+    are read by the SDK itself. Spans are exported over OTLP/HTTP (protobuf)
+    only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set, and never when
+    ``OTEL_SDK_DISABLED`` is ``true``. Calling it again does nothing.
+
+    Returns:
+        The provider installed, or None when tracing stays disabled.
+    """
+    global _configured
+    if _configured or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    _configured = True
+    attributes: dict[str, Any] = {}
+    if "OTEL_SERVICE_NAME" not in os.environ:
+        attributes[SERVICE_NAME] = default_service_name
+    provider = TracerProvider(resource=Resource.create(attributes))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
+    """Configure structlog: JSON lines in production, console output on a terminal.
+
+    Args:
+        json: Force JSON (True) or console (False); None picks JSON unless
+            stderr is a terminal.
+        level: The minimum level name.
+    """
+    use_json = (not sys.stderr.isatty()) if json is None else json
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
