@@ -37,7 +37,10 @@ class AgentResolver:
                     id=name, verified=authenticated, trust=trust, client_id=client_id
                 )
         for name, agent in self.config.agents.items():
-            if agent.match.client_name is not None and agent.match.client_name == client_name:
+            if (
+                agent.match.client_name is not None
+                and agent.match.client_name == client_name
+            ):
                 return AgentIdentity(
                     id=name, verified=False, trust="self-asserted", client_id=client_id
                 )
@@ -64,7 +67,9 @@ class AgentResolver:
         employees.deny["update_*"]``, used in denial messages and audit events.
         """
         _, tools = self._policy(agent_id)
-        where = f"agents.{agent_id}" if agent_id in self.config.agents else "default_agent"
+        where = (
+            f"agents.{agent_id}" if agent_id in self.config.agents else "default_agent"
+        )
         rules = tools.get(backend)
         if rules is None:
             return True, f"{where}: no tool rules for {backend}"

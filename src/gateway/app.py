@@ -96,7 +96,9 @@ async def open_gateway(
         grants=grants,
         upstream=upstream,
         sessions=SessionStore(store),
-        credentials=CredentialService(config, grants=grants, upstream=upstream, http=http),
+        credentials=CredentialService(
+            config, grants=grants, upstream=upstream, http=http
+        ),
         agents=AgentResolver(config),
     )
     _subscribe(runtime, config)
@@ -152,7 +154,9 @@ def _subscribe(runtime: Runtime, config: GatewayConfig) -> None:
         )
         sink: Any
         if isinstance(sink_config, JsonlSinkConfig):
-            sink = JsonlSink(var_path(config, sink_config.path), fsync=sink_config.fsync)
+            sink = JsonlSink(
+                var_path(config, sink_config.path), fsync=sink_config.fsync
+            )
         elif isinstance(sink_config, StdoutSinkConfig):
             sink = StdoutSink()
         runtime.bus.subscribe_durable(name, sink, journal)
@@ -198,5 +202,3 @@ class _Dispatcher:
                 await self.mcp(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-

@@ -20,8 +20,17 @@ from gateway.facts import (
 )
 from gateway.mcp.response import GatewayResponse
 from gateway.stages import builtin_registry
-from pipeline import BaseStage, Chain, ChainConfigError, ChainPlan, Next, StageRegistry
-from pipeline import StageDeclaration, build_chain, plan_chain
+from pipeline import (
+    BaseStage,
+    Chain,
+    ChainConfigError,
+    ChainPlan,
+    Next,
+    StageDeclaration,
+    StageRegistry,
+    build_chain,
+    plan_chain,
+)
 from pipeline.stage import NoConfig
 
 ANONYMOUS_FACTS = frozenset({PRINCIPAL, AGENT, DECISION, BACKEND_CREDENTIALS})
@@ -57,11 +66,19 @@ class AnonymousStage(BaseStage[RequestContext, GatewayResponse]):
         self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
     ) -> GatewayResponse:
         """Provide the anonymous facts and continue."""
-        ctx.provide(PRINCIPAL, Principal(iss="anonymous", sub="anonymous", client_id="", grant_id=""))
         ctx.provide(
-            AGENT, AgentIdentity(id="anonymous", verified=False, trust="unknown", client_id="")
+            PRINCIPAL,
+            Principal(iss="anonymous", sub="anonymous", client_id="", grant_id=""),
         )
-        ctx.provide(DECISION, Decision(allowed=True, backend=ctx.backend_name, rule="anonymous"))
+        ctx.provide(
+            AGENT,
+            AgentIdentity(
+                id="anonymous", verified=False, trust="unknown", client_id=""
+            ),
+        )
+        ctx.provide(
+            DECISION, Decision(allowed=True, backend=ctx.backend_name, rule="anonymous")
+        )
         ctx.provide(BACKEND_CREDENTIALS, BackendCredentials(headers={}, kind="none"))
         return await call_next(ctx)
 
@@ -91,14 +108,16 @@ def plan_backend_chains(
         given = ANONYMOUS_FACTS if backend.anonymous else frozenset()
         if backend.anonymous and not isinstance(backend.auth, NoAuth):
             problems.append(
-                f"backends.{name}.auth: an anonymous backend must not get a credential; "
-                "set auth.kind to none or remove anonymous: true"
+                f"backends.{name}.auth: an anonymous backend must not get a "
+                "credential; set auth.kind to none or remove anonymous: true"
             )
         if not own and not backend.anonymous and default_result is not None:
             result = default_result
         else:
             try:
-                result = plan_chain(refs, registry, config.stages, path=source, given=given)
+                result = plan_chain(
+                    refs, registry, config.stages, path=source, given=given
+                )
             except ChainConfigError as exc:
                 result = exc
             if not own and not backend.anonymous:
@@ -138,4 +157,7 @@ def _describe_stage(index: int, decl: StageDeclaration) -> str:
     requires = ", ".join(sorted(decl.cls.requires)) or "-"
     provides = ", ".join(sorted(decl.cls.provides)) or "-"
     terminal = " (terminal)" if decl.cls.terminal else ""
-    return f"  {index + 1}. {decl.ref}{terminal}  requires: {requires}  provides: {provides}"
+    return (
+        f"  {index + 1}. {decl.ref}{terminal}  requires: {requires}  "
+        f"provides: {provides}"
+    )

@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_tracing()
     if args.command == "run":
         return _run(args.config)
-    return _demo(check=args.check, var_dir=Path(args.var_dir))
+    return _demo(
+        check=args.check, var_dir=Path(args.var_dir), ephemeral=args.ephemeral_ports
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drive the official MCP client through every step, then exit 0 "
         "only if all behaved as expected",
+    )
+    demo.add_argument(
+        "--ephemeral-ports",
+        action="store_true",
+        help="listen on free ports instead of 8000, 8001, 8002 and 9000",
     )
     demo.add_argument(
         "--var-dir",
@@ -125,7 +132,10 @@ def _run(path: Path) -> int:
     async def serve() -> None:
         async with open_gateway(config) as gateway:
             await serve_app(
-                gateway.asgi, config.server.host, config.server.port, log_level="warning"
+                gateway.asgi,
+                config.server.host,
+                config.server.port,
+                log_level="warning",
             )
 
     try:
@@ -138,12 +148,12 @@ def _run(path: Path) -> int:
     return 0
 
 
-def _demo(*, check: bool, var_dir: Path) -> int:
+def _demo(*, check: bool, var_dir: Path, ephemeral: bool) -> int:
     from gateway.demo.check import check_demo
     from gateway.demo.runner import run_demo
 
     async def demo() -> int:
-        async with run_demo(var_dir=var_dir) as stack:
+        async with run_demo(var_dir=var_dir, ephemeral=ephemeral) as stack:
             _print_banner(stack)
             if check:
                 ok = await check_demo(stack)
@@ -170,7 +180,9 @@ def _print_banner(stack: object) -> None:
     print(f"  gateway    {urls['gateway']}")
     print(f"  dev IdP    {urls['idp']}  (users: alice, bob; no password)")
     print(f"  employees  {stack.mcp_url('employees')}  (ID-JAG to {urls['employees']})")
-    print(f"  partners   {stack.mcp_url('partners')}  (static key to {urls['partners']})")
+    print(
+        f"  partners   {stack.mcp_url('partners')}  (static key to {urls['partners']})"
+    )
     print(f"  audit log  {stack.audit_path}")
     print("Connect an MCP client to one of the two gateway URLs above; name the")
     print('client "cursor" (both backends) or "claude-code" (employees only).')

@@ -40,22 +40,22 @@ class RequestContext(Context):
     """
 
     __slots__ = (
-        "runtime",
-        "request_id",
-        "http_method",
-        "backend_name",
-        "backend",
-        "resource",
-        "headers",
-        "body",
-        "message",
-        "mcp_method",
-        "tool",
-        "protocol_version",
-        "session_id",
-        "response_session_id",
-        "started",
         "attributes",
+        "backend",
+        "backend_name",
+        "body",
+        "headers",
+        "http_method",
+        "mcp_method",
+        "message",
+        "protocol_version",
+        "request_id",
+        "resource",
+        "response_session_id",
+        "runtime",
+        "session_id",
+        "started",
+        "tool",
     )
 
     def __init__(

@@ -41,7 +41,9 @@ class UpstreamError(GatewayError):
         retry_after: Seconds after which a retry may succeed, when known.
     """
 
-    def __init__(self, message: str, *, reason: str, retry_after: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after

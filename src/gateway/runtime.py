@@ -85,5 +85,7 @@ class Runtime:
             if trace_id is not None:
                 import msgspec
 
-                event = msgspec.structs.replace(event, trace_id=trace_id, span_id=span_id)
+                event = msgspec.structs.replace(
+                    event, trace_id=trace_id, span_id=span_id
+                )
         await self.bus.publish(event)

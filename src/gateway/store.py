@@ -138,7 +138,9 @@ class TypedStore(Generic[T]):
 
     async def add(self, key: str, value: T, ttl: float | None = None) -> bool:
         """Store a value only if absent; return whether it was stored."""
-        return await self.store.add(self.namespace, key, self._encoder.encode(value), ttl)
+        return await self.store.add(
+            self.namespace, key, self._encoder.encode(value), ttl
+        )
 
     async def pop(self, key: str) -> T | None:
         """Remove and return a value."""

@@ -16,7 +16,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 _configured = False
 
 
-def configure_tracing(default_service_name: str = "agent-proxy") -> TracerProvider | None:
+def configure_tracing(
+    default_service_name: str = "agent-proxy",
+) -> TracerProvider | None:
     """Install a tracer provider that honours the standard ``OTEL_*`` variables.
 
     ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_TRACES_SAMPLER``
@@ -39,7 +41,9 @@ def configure_tracing(default_service_name: str = "agent-proxy") -> TracerProvid
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)

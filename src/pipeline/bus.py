@@ -112,7 +112,9 @@ class EventBus:
             except anyio.WouldBlock:
                 sub.dropped += 1
                 if sub.dropped == 1 or math.log2(sub.dropped).is_integer():
-                    log.warning("bus.events_dropped", subscriber=sub.name, dropped=sub.dropped)
+                    log.warning(
+                        "bus.events_dropped", subscriber=sub.name, dropped=sub.dropped
+                    )
         if self._durable:
             data = self._encoder.encode(event)
             for durable in self._durable:

@@ -200,7 +200,9 @@ def _check_facts(
         for fact in sorted(cls.requires):
             if fact in available:
                 continue
-            fix = _provider_hint(fact, refs[index + 1 :], resolved[index + 1 :], registry)
+            fix = _provider_hint(
+                fact, refs[index + 1 :], resolved[index + 1 :], registry
+            )
             problems.append(
                 f'{path}[{index}]: stage "{ref}" requires "{fact}", which no '
                 f"stage before it provides; {fix}"

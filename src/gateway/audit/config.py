@@ -8,7 +8,11 @@ import msgspec
 
 
 class JsonlSinkConfig(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="jsonl", tag_field="kind"
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    tag="jsonl",
+    tag_field="kind",
 ):
     """Write events as JSON lines to a file."""
 
@@ -19,7 +23,11 @@ class JsonlSinkConfig(
 
 
 class StdoutSinkConfig(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="stdout", tag_field="kind"
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    tag="stdout",
+    tag_field="kind",
 ):
     """Write events as JSON lines to standard output."""
 

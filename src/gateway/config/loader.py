@@ -20,7 +20,9 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 __all__ = ["ConfigError", "load_config", "load_config_text"]
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """Read and validate a config file.
 
     Raises:
@@ -59,7 +61,9 @@ def load_config_text(
     return config
 
 
-def _interpolate(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+def _interpolate(
+    value: Any, env: Mapping[str, str], path: str, problems: list[str]
+) -> Any:
     if isinstance(value, str):
 
         def replace(match: re.Match[str]) -> str:
@@ -81,7 +85,9 @@ def _interpolate(value: Any, env: Mapping[str, str], path: str, problems: list[s
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return [
+            _interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)
+        ]
     return value
 
 
@@ -92,7 +98,9 @@ def _with_path(exc: msgspec.ValidationError, raw: Any) -> str:
         return text
     yaml_path = where.rstrip("`").lstrip(".")
     bad = _lookup(raw, yaml_path)
-    shown = f" (got {bad!r})" if bad is not _MISSING and not isinstance(bad, dict) else ""
+    shown = (
+        f" (got {bad!r})" if bad is not _MISSING and not isinstance(bad, dict) else ""
+    )
     return f"{yaml_path or '<root>'}: {head}{shown}"
 
 
@@ -138,20 +146,23 @@ def _check_semantics(config: GatewayConfig) -> list[str]:
             )
         paths[backend.path] = name
         if backend.path.startswith(("/oauth2", "/.well-known")):
-            problems.append(f"{where}.path: {backend.path!r} collides with the OAuth endpoints")
+            problems.append(
+                f"{where}.path: {backend.path!r} collides with the OAuth endpoints"
+            )
         problems.extend(_check_url(f"{where}.url", backend.url))
+    known = ", ".join(sorted(config.backends))
     for agent_name, agent in config.agents.items():
         for i, backend_name in enumerate(agent.backends):
             if backend_name != "*" and backend_name not in config.backends:
                 problems.append(
                     f"agents.{agent_name}.backends[{i}]: unknown backend "
-                    f"{backend_name!r}; known backends: {', '.join(sorted(config.backends))}"
+                    f"{backend_name!r}; known backends: {known}"
                 )
         for backend_name in agent.tools:
             if backend_name not in config.backends:
                 problems.append(
                     f"agents.{agent_name}.tools.{backend_name}: unknown backend "
-                    f"{backend_name!r}; known backends: {', '.join(sorted(config.backends))}"
+                    f"{backend_name!r}; known backends: {known}"
                 )
     return problems
 
@@ -161,5 +172,7 @@ def _check_url(path: str, url: str) -> list[str]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return [f"{path}: invalid URL {url!r}; expected http(s)://host[:port][/path]"]
     if url.endswith("/") or parts.query or parts.fragment:
-        return [f"{path}: invalid URL {url!r}; remove the trailing '/', query or fragment"]
+        return [
+            f"{path}: invalid URL {url!r}; remove the trailing '/', query or fragment"
+        ]
     return []

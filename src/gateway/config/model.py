@@ -135,7 +135,7 @@ class NoAuth(_Config, tag="none", tag_field="kind"):
 
 
 class IdJagAuth(_Config, tag="id-jag", tag_field="kind"):
-    """Okta Cross App Access: token exchange for an ID-JAG, then the JWT-bearer grant."""
+    """Okta Cross App Access: an ID-JAG token exchange, then the JWT-bearer grant."""
 
     issuer: str
     """The backend authorization server's issuer: the ID-JAG ``audience``."""
@@ -187,7 +187,9 @@ class GatewayConfig(_Config):
     backends: dict[str, BackendConfig]
     signing: SigningConfig = msgspec.field(default_factory=SigningConfig)
     agents: dict[str, AgentConfig] = msgspec.field(default_factory=dict)
-    default_agent: DefaultAgentConfig = msgspec.field(default_factory=DefaultAgentConfig)
+    default_agent: DefaultAgentConfig = msgspec.field(
+        default_factory=DefaultAgentConfig
+    )
     pipeline: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PIPELINE))
     stages: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """Settings per stage reference, validated by each stage's own Struct."""

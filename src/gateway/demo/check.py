@@ -98,9 +98,7 @@ async def _cursor_partners(stack: DemoStack) -> StepResult:
 async def _claude_code_partners_refused(stack: DemoStack) -> StepResult:
     name = "claude-code is refused sign-in for partners"
     try:
-        await run_client(
-            stack.mcp_url("partners"), client_name="claude-code", calls=[]
-        )
+        await run_client(stack.mcp_url("partners"), client_name="claude-code", calls=[])
     except SignInRefused as exc:
         ok = exc.error == "access_denied"
         return StepResult(name, ok, f"refused with {exc.error}: {exc.description}")
@@ -159,7 +157,9 @@ def _check_audit(path: Path) -> StepResult:
     name = "audit file records every stage"
     if not path.exists():
         return StepResult(name, False, f"{path} does not exist")
-    events = [msgspec.json.decode(line) for line in path.read_bytes().splitlines() if line]
+    events = [
+        msgspec.json.decode(line) for line in path.read_bytes().splitlines() if line
+    ]
     types = {event.get("type") for event in events}
     missing = [kind for kind in REQUIRED_EVENTS if kind not in types]
     for kind in ("AccessDenied", "AuthorizationRejected"):

@@ -187,11 +187,21 @@ async def run_client(
     login_hint: str = "alice",
     calls: list[tuple[str, dict[str, Any]]],
     timeout: float = 30.0,
+    storage: MemoryTokenStorage | None = None,
 ) -> CallReport:
     """Sign in with the official MCP client, then list tools and make ``calls``.
 
     A call the gateway refuses with a JSON-RPC error is recorded as
     ``(True, message)`` in the report instead of raising.
+
+    Args:
+        url: The MCP endpoint at the gateway.
+        client_name: The DCR ``client_name``, which the demo maps to an agent.
+        login_hint: The demo user to sign in as.
+        calls: ``(tool, arguments)`` pairs to call after listing tools.
+        timeout: Seconds for the whole session.
+        storage: Where the registration and tokens are kept; pass one to
+            read the tokens afterwards.
 
     Raises:
         SignInRefused: The gateway refused the sign-in (for example
@@ -207,13 +217,15 @@ async def run_client(
             response_types=["code"],
             token_endpoint_auth_method="none",
         ),
-        storage=MemoryTokenStorage(),
+        storage=storage or MemoryTokenStorage(),
         redirect_handler=browser.redirect_handler,
         callback_handler=browser.callback_handler,
     )
     report = CallReport()
 
-    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+    async def on_progress(
+        progress: float, total: float | None, message: str | None
+    ) -> None:
         report.progress.append(progress)
 
     with anyio.fail_after(timeout):

@@ -91,7 +91,8 @@ async def run_demo(
         )
         raise OSError(exc.errno, msg) from exc
     urls = {
-        name: f"http://127.0.0.1:{sock.getsockname()[1]}" for name, sock in sockets.items()
+        name: f"http://127.0.0.1:{sock.getsockname()[1]}"
+        for name, sock in sockets.items()
     }
     config = demo_config(urls, var_dir)
     employees_auth = config.backends["employees"].auth
@@ -117,7 +118,9 @@ async def run_demo(
 
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(run_app(idp_app, sock=sockets["idp"]))
-        await stack.enter_async_context(run_app(employees_app, sock=sockets["employees"]))
+        await stack.enter_async_context(
+            run_app(employees_app, sock=sockets["employees"])
+        )
         await stack.enter_async_context(run_app(partners_app, sock=sockets["partners"]))
         gateway = await stack.enter_async_context(open_gateway(config))
         await stack.enter_async_context(run_app(gateway.asgi, sock=sockets["gateway"]))

@@ -11,7 +11,7 @@ V = TypeVar("V")
 
 
 class StoreFullError(Exception):
-    """The store holds ``max_entries`` live entries and cannot take another."""
+    """The store contains ``max_entries`` live entries and cannot take another."""
 
 
 class ExpiringStore(Generic[V]):
@@ -63,6 +63,8 @@ class ExpiringStore(Generic[V]):
     def purge(self) -> None:
         """Drop every expired entry."""
         now = self._clock()
-        expired = [key for key, (expires_at, _) in self._entries.items() if expires_at <= now]
+        expired = [
+            key for key, (expires_at, _) in self._entries.items() if expires_at <= now
+        ]
         for key in expired:
             del self._entries[key]

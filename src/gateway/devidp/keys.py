@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from joserfc import jwt
-from joserfc.errors import ExpiredTokenError, JoseError
+from joserfc.errors import ExpiredTokenError, InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet, RSAKey
 from joserfc.jws import extract_compact
 
@@ -32,7 +32,7 @@ _MAX_JWT_LENGTH = 16 * 1024
 
 
 class JwtRejectedError(Exception):
-    """A JWT failed verification; the message says why, without the token."""
+    """A JWT failed verification. The message gives the reason and never the token."""
 
 
 class SigningKey:
@@ -147,6 +147,9 @@ def verify_jwt(
         raise JwtRejectedError(msg)
     try:
         decoded = jwt.decode(token, keys, algorithms=list(algorithms))
+    except InvalidKeyIdError as exc:
+        msg = f"no trusted key has the kid {header['kid']!r}"
+        raise JwtRejectedError(msg) from exc
     except JoseError as exc:
         msg = f"the JWT signature is invalid ({exc.error})"
         raise JwtRejectedError(msg) from exc

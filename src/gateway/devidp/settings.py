@@ -87,7 +87,9 @@ class DevClient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 raise ValueError(msg)
 
 
-class DevRasClient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class DevRasClient(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
     """A client registered at one backend authorization server."""
 
     client_id: str
@@ -109,7 +111,9 @@ class DevRasClient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         )
 
 
-class DevBackendAS(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class DevBackendAS(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
     """A backend authorization server that redeems ID-JAGs for one MCP server."""
 
     name: str
@@ -133,7 +137,9 @@ class DevBackendAS(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         _check_url(f"backend {self.name!r}: resource", self.resource)
         for scope in self.scopes:
             if not _SCOPE_TOKEN.match(scope):
-                msg = f"backend {self.name!r}: scope {scope!r} is not a valid scope token"
+                msg = (
+                    f"backend {self.name!r}: scope {scope!r} is not a valid scope token"
+                )
                 raise ValueError(msg)
         ids = [client.client_id for client in self.clients]
         _check_unique(f"backend {self.name!r}: client_id", ids)
@@ -163,11 +169,13 @@ def _default_users() -> dict[str, DevUser]:
     }
 
 
-class DevIdpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class DevIdpSettings(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
     """Everything the dev IdP serves. Lifetimes are in seconds."""
 
     issuer: str
-    """Issuer of the org authorization server, with no trailing slash."""
+    """Issuer of the org authorization server: scheme and host, with no path."""
     users: dict[str, DevUser] = msgspec.field(default_factory=_default_users)
     """Users by login name; ``login_hint`` names a key or an email."""
     clients: list[DevClient] = msgspec.field(default_factory=list)
@@ -197,8 +205,9 @@ class DevIdpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def __post_init__(self) -> None:
         _check_url("issuer", self.issuer)
-        if self.issuer.endswith("/"):
-            msg = f"issuer {self.issuer!r} must not end with '/'"
+        if urlsplit(self.issuer).path:
+            # Like an Okta org: endpoints sit at /oauth2/... of the issuer's host.
+            msg = f"issuer {self.issuer!r} must have no path, not even a trailing '/'"
             raise ValueError(msg)
         if self.default_user not in self.users:
             msg = (

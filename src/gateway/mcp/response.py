@@ -52,7 +52,9 @@ class GatewayResponse:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
-    on_close: list[Callable[[StreamOutcome], Awaitable[None]]] = field(default_factory=list)
+    on_close: list[Callable[[StreamOutcome], Awaitable[None]]] = field(
+        default_factory=list
+    )
     reason: str | None = None
 
     @property

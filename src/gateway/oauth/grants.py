@@ -132,7 +132,8 @@ class GrantStore:
         if not grant.upstream_refresh_token:
             await self.revoke(grant_id)
             raise ExchangeError(
-                "the upstream ID token expired and there is no refresh token; sign in again",
+                "the upstream ID token expired and there is no refresh token; "
+                "sign in again",
                 oauth_error="invalid_grant",
                 step="upstream_refresh",
                 reason="reauthentication_required",

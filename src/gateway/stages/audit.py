@@ -42,7 +42,9 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
             raise
 
         async def on_close(outcome: StreamOutcome) -> None:
-            reason = response.reason if response.status >= 400 or response.reason else None
+            reason = (
+                response.reason if response.status >= 400 or response.reason else None
+            )
             await self._publish(
                 ctx,
                 response.status,
@@ -80,7 +82,9 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
             ResponseCompleted(
                 request_id=ctx.request_id,
                 stage=self.name,
-                user=UserRef(iss=principal.iss, sub=principal.sub) if principal else None,
+                user=UserRef(iss=principal.iss, sub=principal.sub)
+                if principal
+                else None,
                 agent=(
                     AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust)
                     if agent

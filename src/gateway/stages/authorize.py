@@ -57,14 +57,23 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
             detail = f"agent {agent.id!r} is not allowed to use backend {backend!r}"
             await self._deny(ctx, principal, agent, "backend_not_allowed", detail)
             return jsonrpc_error_response(
-                403, request_id, ACCESS_DENIED, f"Forbidden: {detail}",
+                403,
+                request_id,
+                ACCESS_DENIED,
+                f"Forbidden: {detail}",
                 reason="backend_not_allowed",
             )
         if backend in self.config.require_verified_agent and not agent.verified:
-            detail = f"backend {backend!r} requires a verified agent; {agent.id!r} is {agent.trust}"
+            detail = (
+                f"backend {backend!r} requires a verified agent; "
+                f"{agent.id!r} is {agent.trust}"
+            )
             await self._deny(ctx, principal, agent, "agent_not_verified", detail)
             return jsonrpc_error_response(
-                403, request_id, ACCESS_DENIED, f"Forbidden: {detail}",
+                403,
+                request_id,
+                ACCESS_DENIED,
+                f"Forbidden: {detail}",
                 reason="agent_not_verified",
             )
 
@@ -78,17 +87,27 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
                 )
                 await self._deny(ctx, principal, agent, "tool_denied", detail)
                 return jsonrpc_error_response(
-                    200, request_id, ACCESS_DENIED, f"Access denied: {detail}",
-                    reason="tool_denied", data={"tool": ctx.tool, "rule": rule},
+                    200,
+                    request_id,
+                    ACCESS_DENIED,
+                    f"Access denied: {detail}",
+                    reason="tool_denied",
+                    data={"tool": ctx.tool, "rule": rule},
                 )
 
-        ctx.provide(DECISION, Decision(allowed=True, backend=backend, tool=ctx.tool, rule=rule))
+        ctx.provide(
+            DECISION, Decision(allowed=True, backend=backend, tool=ctx.tool, rule=rule)
+        )
         await ctx.runtime.publish(
             AccessGranted(
-                request_id=ctx.request_id, stage=self.name,
+                request_id=ctx.request_id,
+                stage=self.name,
                 user=UserRef(iss=principal.iss, sub=principal.sub),
                 agent=AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
-                backend=backend, method=ctx.mcp_method, tool=ctx.tool, rule=rule,
+                backend=backend,
+                method=ctx.mcp_method,
+                tool=ctx.tool,
+                rule=rule,
             )
         )
         response = await call_next(ctx)
@@ -106,11 +125,16 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
     ) -> None:
         await ctx.runtime.publish(
             AccessDenied(
-                request_id=ctx.request_id, stage=self.name,
+                request_id=ctx.request_id,
+                stage=self.name,
                 user=UserRef(iss=principal.iss, sub=principal.sub),
                 agent=AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
-                backend=ctx.backend_name, method=ctx.mcp_method, tool=ctx.tool,
-                outcome="denied", reason=reason, detail=detail,
+                backend=ctx.backend_name,
+                method=ctx.mcp_method,
+                tool=ctx.tool,
+                outcome="denied",
+                reason=reason,
+                detail=detail,
             )
         )
 
@@ -126,14 +150,17 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
 
         def keep_allowed(message: dict[str, Any]) -> dict[str, Any]:
             result = message.get("result")
-            if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
+            if not isinstance(result, dict) or not isinstance(
+                result.get("tools"), list
+            ):
                 return message
             kept = []
             for tool in result["tools"]:
                 name = tool.get("name") if isinstance(tool, dict) else None
-                if isinstance(name, str) and not agents.check_tool(
-                    agent.id, ctx.backend_name, name
-                )[0]:
+                if (
+                    isinstance(name, str)
+                    and not agents.check_tool(agent.id, ctx.backend_name, name)[0]
+                ):
                     removed.append(name)
                     continue
                 kept.append(tool)
@@ -143,10 +170,14 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
             if removed:
                 await ctx.runtime.publish(
                     ToolsFiltered(
-                        request_id=ctx.request_id, stage=self.name,
+                        request_id=ctx.request_id,
+                        stage=self.name,
                         user=UserRef(iss=principal.iss, sub=principal.sub),
-                        agent=AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
-                        backend=ctx.backend_name, method=ctx.mcp_method,
+                        agent=AgentRef(
+                            id=agent.id, verified=agent.verified, trust=agent.trust
+                        ),
+                        backend=ctx.backend_name,
+                        method=ctx.mcp_method,
                         removed=sorted(set(removed)),
                     )
                 )

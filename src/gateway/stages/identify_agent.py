@@ -102,4 +102,6 @@ class IdentifyAgentStage(BaseStage[RequestContext, GatewayResponse]):
                 trust="verified" if verified else "self-asserted",
                 client_id=principal.client_id,
             )
-        return ctx.runtime.agents.identify(client_id=principal.client_id, client_name=None)
+        return ctx.runtime.agents.identify(
+            client_id=principal.client_id, client_name=None
+        )

@@ -38,7 +38,9 @@ async def test_chain_runs_stages_outermost_first() -> None:
 @pytest.mark.anyio
 async def test_chain_stage_short_circuits() -> None:
     """A stage that returns its own response stops the later stages."""
-    plan = plan_chain(["login", "policy", "send"], registry(), {"policy": {"deny": ["alice"]}})
+    plan = plan_chain(
+        ["login", "policy", "send"], registry(), {"policy": {"deny": ["alice"]}}
+    )
     ctx = Recorder()
     assert await build_chain(plan, resources=None)(ctx) == "denied"
     assert ctx.trail == ["login", "policy"]
@@ -56,7 +58,7 @@ async def test_chain_custom_stage_runs_in_place() -> None:
 def test_plan_unknown_stage_lists_known() -> None:
     """An unknown name is reported with every known stage name."""
     (problem,) = problems_of(["login", "polcy", "policy", "send"])
-    assert problem.startswith('pipeline[1]: unknown stage \'polcy\'')
+    assert problem.startswith("pipeline[1]: unknown stage 'polcy'")
     assert "known stages: broken, login, policy, send" in problem
 
 
@@ -94,7 +96,7 @@ def test_plan_without_terminal_rejected() -> None:
 def test_plan_terminal_not_last_rejected() -> None:
     """Nothing may follow a terminal stage."""
     problems = problems_of(["login", "policy", "send", CUSTOM])
-    assert any("pipeline[2]: stage \"send\" is terminal" in p for p in problems)
+    assert any('pipeline[2]: stage "send" is terminal' in p for p in problems)
 
 
 def test_plan_reports_every_problem_at_once() -> None:
@@ -130,7 +132,9 @@ def test_plan_reference_to_non_stage_rejected() -> None:
 
 def test_plan_given_facts_satisfy_requirements() -> None:
     """Facts the host provides count as provided."""
-    plan = plan_chain(["policy", "send"], registry(), {}, given=frozenset({"principal"}))
+    plan = plan_chain(
+        ["policy", "send"], registry(), {}, given=frozenset({"principal"})
+    )
     assert [d.ref for d in plan.declarations] == ["policy", "send"]
 
 
@@ -150,7 +154,9 @@ async def test_chain_one_span_per_stage_nested(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.anyio
-async def test_chain_stage_error_recorded_on_span(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_chain_stage_error_recorded_on_span(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """An exception marks the stage span as failed and propagates."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

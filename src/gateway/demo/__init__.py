@@ -1,0 +1,1 @@
+"""The demo: the demo MCP backends and helpers that run apps in-process."""

@@ -1,0 +1,106 @@
+"""Loading YAML config: interpolation, error paths, semantic checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import IdJagAuth, StaticKeyAuth, load_config, load_config_text
+from gateway.errors import ConfigError
+
+BASE = """
+server: {public_url: "http://127.0.0.1:8000"}
+upstream: {issuer: "http://127.0.0.1:9000", client_id: gw, client_secret: "${SECRET}"}
+backends:
+  partners:
+    path: /partners/mcp
+    url: http://127.0.0.1:8002/mcp
+    auth: {kind: static-key, value: "${KEY:-fallback}"}
+"""
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, env={"SECRET": "s"} if env is None else env)
+    return info.value.problems
+
+
+def test_config_env_interpolation_with_default() -> None:
+    """``${NAME}`` takes the environment; ``${NAME:-x}`` falls back to x."""
+    config = load_config_text(BASE, env={"SECRET": "from-env"})
+    assert config.upstream.client_secret == "from-env"
+    auth = config.backends["partners"].auth
+    assert isinstance(auth, StaticKeyAuth)
+    assert auth.value == "fallback"
+
+
+def test_config_missing_env_var_names_path() -> None:
+    """An unset variable without default is reported with its YAML path."""
+    (problem,) = problems(BASE, env={})
+    assert problem.startswith("upstream.client_secret: environment variable SECRET")
+
+
+def test_config_wrong_type_names_path_and_value() -> None:
+    """A type error names the YAML path and shows the bad value."""
+    text = BASE.replace(
+        'public_url: "http://127.0.0.1:8000"',
+        'public_url: "http://127.0.0.1:8000", port: eighty',
+    )
+    (problem,) = problems(text)
+    assert problem == "server.port: Expected `int`, got `str` (got 'eighty')"
+
+
+def test_config_unknown_key_rejected() -> None:
+    """Unknown keys are errors, so typos do not pass silently."""
+    (problem,) = problems(BASE + "pipline: [forward]\n")
+    assert "pipline" in problem
+
+
+def test_config_auth_kinds_decode_to_structs() -> None:
+    """``auth.kind`` selects the Struct."""
+    text = BASE.replace(
+        'auth: {kind: static-key, value: "${KEY:-fallback}"}',
+        "auth: {kind: id-jag, issuer: 'http://i/oauth2/e', "
+        "token_endpoint: 'http://i/t', resource: 'http://b/mcp', client_id: c}",
+    )
+    auth = load_config_text(text, env={"SECRET": "s"}).backends["partners"].auth
+    assert isinstance(auth, IdJagAuth)
+    assert auth.resource == "http://b/mcp"
+
+
+def test_config_semantic_errors_reported_together() -> None:
+    """URL, path and agent reference problems are all listed at once."""
+    text = (
+        BASE.replace('"http://127.0.0.1:8000"', '"http://127.0.0.1:8000/"').replace(
+            "path: /partners/mcp", "path: partners/mcp/"
+        )
+        + "agents:\n  cursor: {backends: [partners, nowhere]}\n"
+    )
+    found = problems(text)
+    assert any(p.startswith("server.public_url: invalid URL") for p in found)
+    assert any(p.startswith("backends.partners.path: invalid path") for p in found)
+    assert any(
+        p.startswith("agents.cursor.backends[1]: unknown backend 'nowhere'")
+        for p in found
+    )
+
+
+def test_config_invalid_yaml_reported() -> None:
+    """Broken YAML is a ConfigError, not a crash."""
+    (problem,) = problems("server: [unclosed")
+    assert "invalid YAML" in problem
+
+
+def test_config_missing_file_reported(tmp_path: Path) -> None:
+    """A missing file is reported with its path."""
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.yaml")
+    assert "cannot read config file" in info.value.problems[0]
+
+
+def test_config_demo_file_valid() -> None:
+    """The shipped demo config loads."""
+    config = load_config(Path("config/gateway.yaml"), env={})
+    assert config.server.public_url == "http://127.0.0.1:8000"
+    assert set(config.backends) == {"employees", "partners"}
