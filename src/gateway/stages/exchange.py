@@ -1,0 +1,306 @@
+"""The ``exchange`` stage: the credentials the gateway presents to the backend."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+import structlog
+
+from gateway.context import RequestContext
+from gateway.errors import ExchangeError, UpstreamError
+from gateway.events import AgentRef, ExchangeFailed, TokenExchanged, UserRef
+from gateway.exchange.service import ObtainedCredentials
+from gateway.facts import (
+    AGENT,
+    BACKEND_CREDENTIALS,
+    DECISION,
+    PRINCIPAL,
+    AgentIdentity,
+    Principal,
+)
+from gateway.mcp.jsonrpc import INTERNAL_ERROR
+from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
+from gateway.oauth.metadata import resource_metadata_url
+from gateway.stages.authenticate import UNAUTHORIZED
+from gateway.stages.forward import BACKEND_STATUS
+from pipeline import BaseStage, Next
+
+log = structlog.get_logger("gateway.stages.exchange")
+
+EXCHANGE_FAILED = INTERNAL_ERROR
+"""JSON-RPC code of an exchange failure sent with HTTP 200, 502 or 503.
+
+A 401 uses the ``authenticate`` stage's code. ``data.reason`` tells them apart.
+"""
+
+REAUTHENTICATION_REQUIRED = "reauthentication_required"
+
+DEFAULT_RETRY_AFTER = 30
+"""Seconds suggested to the client when an outage came without a hint."""
+_OUTAGES = frozenset({"idp_unavailable", "authorization_server_unavailable"})
+
+# The explanation of each reason, which completes "could not be obtained: ...".
+_EXPLANATIONS = {
+    REAUTHENTICATION_REQUIRED: "the identity provider no longer accepts this "
+    "sign-in; sign in again",
+    "invalid_target": "the identity provider does not accept the backend's "
+    "authorization server or resource",
+    "unauthorized_client": "the gateway is not allowed to request access to "
+    "this backend",
+    "invalid_client": "the gateway's client authentication was rejected",
+    "invalid_scope": "the requested scopes were refused",
+    "invalid_grant": "the backend's authorization server rejected the identity "
+    "assertion",
+    "invalid_response": "an authorization server returned an invalid response",
+    "idp_unavailable": "the identity provider is unavailable",
+    "authorization_server_unavailable": "the backend's authorization server "
+    "is unavailable",
+}
+
+
+class ExchangeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Settings of the ``exchange`` stage."""
+
+    retry_on_unauthorized: bool = True
+    """After an ``id-jag`` backend returns 401, drop the cached token,
+    exchange again and send the request once more (not for streamed
+    responses)."""
+
+
+class ExchangeStage(BaseStage[RequestContext, GatewayResponse]):
+    """Obtain the backend credentials: a static one or an ID-JAG backend token.
+
+    Reads ``principal`` and ``agent``, and requires ``decision`` so that
+    nothing is exchanged before authorization. Provides
+    ``backend_credentials`` and publishes ``TokenExchanged``, which names the
+    auth kind, cache hit or miss, audience and lifetime, but never the token.
+
+    Ends the chain early when credentials cannot be obtained, after
+    publishing ``ExchangeFailed`` with the step and the OAuth error:
+
+    - only a new sign-in helps (``reauthentication_required``): the gateway
+      grant is revoked and the answer is 401 with ``WWW-Authenticate: Bearer
+      error="invalid_token"`` and ``resource_metadata``, so the client signs
+      in again instead of refreshing;
+    - another refusal (``invalid_target``, ``unauthorized_client``, ...): HTTP
+      200 with a JSON-RPC error whose ``data`` has ``reason`` and
+      ``oauth_error``;
+    - the IdP or authorization server is down: the same, with
+      ``data.retry_after``.
+
+    A message that is not a JSON-RPC request (a notification, GET or DELETE)
+    has no id to answer, so it gets 502, or 503 with ``Retry-After``.
+
+    After the rest of the chain: when the forward stage reports a backend 401
+    in ``ctx.attributes["backend_status"]`` for an ``id-jag`` backend and the
+    response is not streamed, the cached token is dropped, a new one is
+    obtained and the rest of the chain runs once more.
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset({PRINCIPAL, AGENT, DECISION})
+    provides: ClassVar[frozenset[str]] = frozenset({BACKEND_CREDENTIALS})
+    stability = "beta"
+    Config = ExchangeConfig
+
+    async def handle(
+        self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
+    ) -> GatewayResponse:
+        """Provide ``backend_credentials``, or return the failure response."""
+        principal: Principal = ctx.fact(PRINCIPAL)
+        agent: AgentIdentity = ctx.fact(AGENT)
+        obtained = await self._obtain(ctx, principal, agent)
+        if isinstance(obtained, GatewayResponse):
+            return obtained
+        response = await call_next(ctx)
+        if not self._should_retry(ctx, obtained, response):
+            return response
+
+        log.info(
+            "exchange.backend_rejected_token",
+            request_id=ctx.request_id,
+            backend=ctx.backend_name,
+            agent_id=agent.id,
+        )
+        ctx.runtime.credentials.invalidate(
+            backend=ctx.backend_name,
+            principal=principal,
+            agent=agent,
+            rejected=obtained.credentials,
+        )
+        await _discard(response)
+        ctx.attributes.pop(BACKEND_STATUS, None)
+        retried = await self._obtain(ctx, principal, agent)
+        if isinstance(retried, GatewayResponse):
+            return retried
+        return await call_next(ctx)
+
+    def _should_retry(
+        self,
+        ctx: RequestContext,
+        obtained: ObtainedCredentials,
+        response: GatewayResponse,
+    ) -> bool:
+        return (
+            self.config.retry_on_unauthorized
+            and obtained.credentials.kind == "id-jag"
+            and ctx.attributes.get(BACKEND_STATUS) == 401
+            and not response.is_stream
+        )
+
+    async def _obtain(
+        self, ctx: RequestContext, principal: Principal, agent: AgentIdentity
+    ) -> ObtainedCredentials | GatewayResponse:
+        """Provide the credentials fact, or return the failure response."""
+        try:
+            obtained = await ctx.runtime.credentials.obtain(
+                backend=ctx.backend_name, principal=principal, agent=agent
+            )
+        except UpstreamError as exc:
+            return await self._failed(ctx, principal, agent, exc)
+        credentials = obtained.credentials
+        ctx.provide(BACKEND_CREDENTIALS, credentials)
+        await ctx.runtime.publish(
+            TokenExchanged(
+                **_common(self.name, ctx, principal, agent),
+                auth_kind=credentials.kind,
+                cache=credentials.cache,
+                audience=obtained.audience,
+                expires_in=obtained.expires_in,
+            )
+        )
+        return obtained
+
+    async def _failed(
+        self,
+        ctx: RequestContext,
+        principal: Principal,
+        agent: AgentIdentity,
+        exc: UpstreamError,
+    ) -> GatewayResponse:
+        """Log and publish ``ExchangeFailed``, revoke the grant if needed, respond."""
+        backend = ctx.backend_name
+        oauth_error = exc.oauth_error if isinstance(exc, ExchangeError) else None
+        # Only a misconfigured IdP or an invalid refreshed ID token carry no step.
+        step = getattr(exc, "step", "upstream")
+        reason = exc.reason
+        log.warning(
+            "exchange.failed",
+            request_id=ctx.request_id,
+            backend=backend,
+            agent_id=agent.id,
+            user_sub=principal.sub,
+            reason=reason,
+            step=step,
+            oauth_error=oauth_error,
+            retry_after=exc.retry_after,
+            error=str(exc),
+        )
+        await ctx.runtime.publish(
+            ExchangeFailed(
+                **_common(self.name, ctx, principal, agent),
+                outcome="error",
+                reason=reason,
+                auth_kind=_auth_kind(ctx),
+                step=step,
+                oauth_error=oauth_error,
+                detail=str(exc),
+            )
+        )
+
+        if reason == REAUTHENTICATION_REQUIRED:
+            await ctx.runtime.grants.revoke(principal.grant_id)
+            log.info(
+                "exchange.grant_revoked",
+                request_id=ctx.request_id,
+                backend=backend,
+                client_id=principal.client_id,
+                user_sub=principal.sub,
+            )
+        return _failure_response(ctx, exc, step, oauth_error)
+
+
+def _failure_response(
+    ctx: RequestContext, exc: UpstreamError, step: str, oauth_error: str | None
+) -> GatewayResponse:
+    """Build the response to an exchange failure, as the stage docstring describes."""
+    reason = exc.reason
+    explanation = _EXPLANATIONS.get(reason, "the token exchange was refused")
+    message = (
+        f"Backend credentials for {ctx.backend_name!r} could not be obtained: "
+        f"{explanation}"
+    )
+    data: dict[str, Any] = {"backend": ctx.backend_name, "step": step}
+    if oauth_error is not None:
+        data["oauth_error"] = oauth_error
+        message += f" ({oauth_error})"
+    request_id = ctx.message.id if ctx.message is not None else None
+
+    if reason == REAUTHENTICATION_REQUIRED:
+        metadata_url = resource_metadata_url(ctx.runtime.issuer, ctx.backend.path)
+        challenge = (
+            'Bearer error="invalid_token", error_description="the sign-in has '
+            f'ended; sign in again", resource_metadata="{metadata_url}"'
+        )
+        return jsonrpc_error_response(
+            401,
+            request_id,
+            UNAUTHORIZED,
+            message,
+            reason=reason,
+            data=data,
+            headers={"www-authenticate": challenge},
+        )
+
+    headers: dict[str, str] = {}
+    retry_after = exc.retry_after
+    if retry_after is None and reason in _OUTAGES:
+        retry_after = DEFAULT_RETRY_AFTER
+    if retry_after is not None:
+        data["retry_after"] = retry_after
+        message += f"; retry in {retry_after} seconds"
+    if ctx.message is not None and ctx.message.kind == "request":
+        status = 200
+    elif retry_after is not None:
+        status = 503
+        headers["retry-after"] = str(retry_after)
+    else:
+        status = 502
+    return jsonrpc_error_response(
+        status,
+        request_id,
+        EXCHANGE_FAILED,
+        message,
+        reason=reason,
+        data=data,
+        headers=headers,
+    )
+
+
+def _common(
+    stage: str, ctx: RequestContext, principal: Principal, agent: AgentIdentity
+) -> dict[str, Any]:
+    """Return the fields every event of this stage shares."""
+    return {
+        "request_id": ctx.request_id,
+        "stage": stage,
+        "user": UserRef(iss=principal.iss, sub=principal.sub),
+        "agent": AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
+        "backend": ctx.backend_name,
+        "method": ctx.mcp_method,
+        "tool": ctx.tool,
+    }
+
+
+def _auth_kind(ctx: RequestContext) -> str:
+    tag = ctx.backend.auth.__struct_config__.tag
+    return tag if isinstance(tag, str) else type(ctx.backend.auth).__name__
+
+
+async def _discard(response: GatewayResponse) -> None:
+    """Finish a response that will not be sent, so its callbacks still run."""
+    outcome = StreamOutcome(
+        completed=False, bytes_sent=0, error="discarded: retried after backend 401"
+    )
+    for callback in response.on_close:
+        await callback(outcome)
