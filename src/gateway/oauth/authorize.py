@@ -1,0 +1,368 @@
+"""``GET /oauth2/authorize`` and ``POST /oauth2/consent``.
+
+An authorization request is validated in RFC 6749 section 4.1.2.1 order.
+Problems with ``client_id`` or ``redirect_uri`` are shown on an error page,
+because redirecting to an unverified URI would make the gateway an open
+redirector. Every later problem is sent to the client's redirect URI.
+
+The consent page is bound to the browser that opened it: the form posts a
+single-use transaction id, and the browser must also send a SameSite=Strict
+cookie set with the page, so a page on another site cannot submit the form
+for the user (cross-site request forgery).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import Cookie
+
+from gateway.events import AuthorizationRequested, ConsentGranted
+from gateway.oauth import pkce
+from gateway.oauth.clients import ClientRecord, ClientRegistry, hash_secret
+from gateway.oauth.cors import origin_of
+from gateway.oauth.flow import (
+    FormError,
+    agent_ref,
+    read_form,
+    redirect_upstream,
+    refuse_page,
+    reject,
+)
+from gateway.oauth.metadata import SUPPORTED_SCOPES
+from gateway.oauth.pages import consent_page
+from gateway.oauth.redirects import redirect_uri_matches
+from gateway.oauth.resources import backend_for_resource
+from gateway.oauth.responses import html_response
+from gateway.oauth.transactions import CONSENT_TTL, AuthorizationRequest, FlowState
+
+if TYPE_CHECKING:
+    from litestar.datastructures import MultiDict
+
+    from gateway.runtime import Runtime
+
+MAX_PARAMETER_LENGTH = 2000
+_RESTART = "Start the sign-in again from your application."
+_STAGE = "oauth.authorize"
+_CONSENT_STAGE = "oauth.consent"
+
+
+@get("/oauth2/authorize")
+async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Validate an authorization request, then show the consent page.
+
+    Pre-approved clients skip the page and go straight to the IdP. Publishes
+    ``AuthorizationRequested``, and ``AuthorizationRejected`` when the
+    request is refused after the redirect URI was verified.
+    """
+    runtime: Runtime = request.app.state.runtime
+    params = request.query_params
+    client_id, problem = _single(params, "client_id")
+    if problem or not client_id:
+        message = f"{problem or 'client_id is missing'}. {_RESTART}"
+        return await refuse_page(
+            runtime, "Invalid request", message, reason="invalid_request", stage=_STAGE
+        )
+    record = await ClientRegistry(runtime.store).get(client_id)
+    if record is None:
+        return await refuse_page(
+            runtime,
+            "Unknown application",
+            "The application that sent you here is not registered with this gateway. "
+            "It must register again.",
+            reason="unknown_client",
+            stage=_STAGE,
+            client_id=client_id,
+        )
+    redirect_uri, redirect_uri_given, problem = _redirect_uri(params, record)
+    if problem or redirect_uri is None:
+        return await refuse_page(
+            runtime,
+            "Invalid redirect",
+            f"{problem}. {_RESTART}",
+            reason="invalid_redirect_uri",
+            stage=_STAGE,
+            client_id=client_id,
+        )
+
+    state, problem = _single(params, "state")
+    draft = _draft(record, redirect_uri, redirect_uri_given, state or "")
+    if problem or not state:
+        return await reject(
+            runtime,
+            draft,
+            "invalid_request",
+            problem or "state is required",
+            reason="invalid_request",
+        )
+    response_type, problem = _single(params, "response_type")
+    if problem or response_type != "code":
+        return await reject(
+            runtime,
+            draft,
+            "unsupported_response_type",
+            problem or "response_type must be 'code'",
+            reason="unsupported_response_type",
+        )
+    error = _pkce_problem(params)
+    if error:
+        return await reject(
+            runtime, draft, "invalid_request", error, reason="invalid_request"
+        )
+    resources = params.getall("resource", [])
+    if len(resources) != 1:
+        description = (
+            "resource (RFC 8707) is required and names the MCP endpoint URL"
+            if not resources
+            else "give exactly one resource; a token is for one MCP endpoint"
+        )
+        return await reject(
+            runtime, draft, "invalid_target", description, reason="invalid_target"
+        )
+    target = backend_for_resource(runtime.config, resources[0])
+    if target is None:
+        return await reject(
+            runtime,
+            draft,
+            "invalid_target",
+            f"{resources[0]!r} is not an MCP endpoint of this gateway",
+            reason="invalid_target",
+        )
+    backend, resource = target
+    login_hint, _ = _single(params, "login_hint")
+
+    agent = runtime.agents.identify(
+        client_id=record.client_id,
+        client_name=record.client_name,
+        authenticated=not record.is_public,
+    )
+    auth_request = AuthorizationRequest(
+        client_id=record.client_id,
+        client_name=record.client_name,
+        redirect_uri=redirect_uri,
+        redirect_uri_given=redirect_uri_given,
+        state=state,
+        code_challenge=params.get("code_challenge", ""),
+        resource=resource,
+        backend=backend,
+        scopes=list(SUPPORTED_SCOPES),
+        login_hint=login_hint[:MAX_PARAMETER_LENGTH] if login_hint else None,
+        agent_id=agent.id,
+        agent_verified=agent.verified,
+        agent_trust=agent.trust,
+    )
+    await runtime.publish(
+        AuthorizationRequested(
+            stage=_STAGE,
+            client_id=record.client_id,
+            resource=resource,
+            backend=backend,
+            agent=agent_ref(auth_request),
+        )
+    )
+    if not runtime.agents.allows_backend(agent.id, backend):
+        return await reject(
+            runtime,
+            auth_request,
+            "access_denied",
+            f"agent {agent.id!r} is not allowed to use backend {backend!r}",
+            reason="agent_not_allowed",
+        )
+    if record.pre_approved:
+        return await redirect_upstream(runtime, auth_request, stage=_STAGE)
+
+    transaction, browser_secret = await FlowState(runtime.store).start_consent(
+        auth_request
+    )
+    page = consent_page(
+        auth_request, action=f"{runtime.issuer}/oauth2/consent", transaction=transaction
+    )
+    response = html_response(page)
+    response.cookies.append(
+        Cookie(
+            key=_cookie_name(transaction),
+            value=browser_secret,
+            path=_cookie_path(runtime),
+            max_age=CONSENT_TTL,
+            httponly=True,
+            samesite="strict",
+            secure=runtime.issuer.startswith("https://"),
+        )
+    )
+    return response
+
+
+@post("/oauth2/consent", status_code=302)
+async def consent(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Apply the user's decision from the consent page.
+
+    ``deny`` sends ``access_denied`` to the client and publishes
+    ``AuthorizationRejected``; ``approve`` publishes ``ConsentGranted`` and
+    redirects the browser to the IdP.
+    """
+    runtime: Runtime = request.app.state.runtime
+    origin = request.headers.get("origin")
+    if origin is not None and origin.lower() != origin_of(runtime.issuer):
+        return await refuse_page(
+            runtime,
+            "Request refused",
+            "The consent form was submitted from another site.",
+            reason="consent_cross_site",
+            stage=_CONSENT_STAGE,
+            status=403,
+        )
+    try:
+        form = await read_form(request)
+    except FormError as exc:
+        return await refuse_page(
+            runtime,
+            "Invalid request",
+            f"{exc}. {_RESTART}",
+            reason="invalid_request",
+            stage=_CONSENT_STAGE,
+        )
+    transaction = form.get("transaction", "")
+    flow = FlowState(runtime.store)
+    pending = await flow.peek_consent(transaction)
+    if pending is None:
+        return await refuse_page(
+            runtime,
+            "Consent expired",
+            f"This consent page has expired or was already used. {_RESTART}",
+            reason="consent_expired",
+            stage=_CONSENT_STAGE,
+        )
+    client_id = pending.request.client_id
+    cookie = request.cookies.get(_cookie_name(transaction), "")
+    if not cookie or hash_secret(cookie) != pending.browser_hash:
+        return await refuse_page(
+            runtime,
+            "Request refused",
+            f"This consent page was not opened in this browser. {_RESTART}",
+            reason="consent_cross_site",
+            stage=_CONSENT_STAGE,
+            client_id=client_id,
+            status=403,
+        )
+    decision = form.get("decision")
+    if decision not in ("approve", "deny"):
+        return await refuse_page(
+            runtime,
+            "Invalid request",
+            "decision must be 'approve' or 'deny'.",
+            reason="invalid_request",
+            stage=_CONSENT_STAGE,
+            client_id=client_id,
+        )
+    if await flow.finish_consent(transaction) is None:
+        return await refuse_page(
+            runtime,
+            "Consent expired",
+            f"This consent page was already used. {_RESTART}",
+            reason="consent_expired",
+            stage=_CONSENT_STAGE,
+            client_id=client_id,
+        )
+    auth_request = pending.request
+    if decision == "deny":
+        response = await reject(
+            runtime,
+            auth_request,
+            "access_denied",
+            "the user denied access",
+            reason="consent_denied",
+            stage=_CONSENT_STAGE,
+        )
+    else:
+        await runtime.publish(
+            ConsentGranted(
+                stage=_CONSENT_STAGE,
+                client_id=auth_request.client_id,
+                backend=auth_request.backend,
+                agent=agent_ref(auth_request),
+            )
+        )
+        response = await redirect_upstream(runtime, auth_request, stage=_CONSENT_STAGE)
+    response.cookies.append(
+        Cookie(
+            key=_cookie_name(transaction),
+            value="",
+            path=_cookie_path(runtime),
+            max_age=0,
+        )
+    )
+    return response
+
+
+def _single(params: MultiDict[Any], name: str) -> tuple[str | None, str | None]:
+    """Return a parameter's one value, or a problem when it repeats or is too long."""
+    values = params.getall(name, [])
+    if not values:
+        return None, None
+    if len(values) > 1:
+        return None, f"{name} is given more than once"
+    value = str(values[0])
+    if len(value) > MAX_PARAMETER_LENGTH:
+        return None, f"{name} is longer than {MAX_PARAMETER_LENGTH} characters"
+    return value, None
+
+
+def _redirect_uri(
+    params: MultiDict[Any], record: ClientRecord
+) -> tuple[str | None, bool, str | None]:
+    value, problem = _single(params, "redirect_uri")
+    if problem:
+        return None, False, problem
+    if value is None:
+        if len(record.redirect_uris) == 1:
+            return record.redirect_uris[0], False, None
+        return None, False, "redirect_uri is missing"
+    if not redirect_uri_matches(record.redirect_uris, value):
+        return (
+            None,
+            True,
+            "redirect_uri is not one of the application's registered URIs",
+        )
+    return value, True, None
+
+
+def _pkce_problem(params: MultiDict[Any]) -> str | None:
+    method, problem = _single(params, "code_challenge_method")
+    challenge, challenge_problem = _single(params, "code_challenge")
+    if problem or challenge_problem:
+        return problem or challenge_problem
+    if method != "S256" or not challenge:
+        return "PKCE is required: send code_challenge with code_challenge_method=S256"
+    if not pkce.is_valid_challenge(challenge):
+        return "code_challenge is not a base64url SHA-256 value (43 characters)"
+    return None
+
+
+def _draft(
+    record: ClientRecord, redirect_uri: str, redirect_uri_given: bool, state: str
+) -> AuthorizationRequest:
+    """Build an authorization request with only what error redirects and events need."""
+    return AuthorizationRequest(
+        client_id=record.client_id,
+        client_name=record.client_name,
+        redirect_uri=redirect_uri,
+        redirect_uri_given=redirect_uri_given,
+        state=state,
+        code_challenge="",
+        resource="",
+        backend="",
+        scopes=[],
+        agent_id="",
+    )
+
+
+def _cookie_path(runtime: Runtime) -> str:
+    # Behind a proxy that serves the gateway under a path prefix, the browser
+    # sees the consent endpoint under that prefix.
+    return urlsplit(runtime.issuer).path.rstrip("/") + "/oauth2/consent"
+
+
+def _cookie_name(transaction: str) -> str:
+    return f"consent_{hash_secret(transaction)[:16]}"

@@ -1,0 +1,244 @@
+"""OAuth clients of the gateway: records in the state store and RFC 7591 validation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.oauth.redirects import redirect_uri_problem
+from gateway.store import Store, TypedStore
+
+ClientAuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
+
+AUTH_METHODS: tuple[ClientAuthMethod, ...] = (
+    "none",
+    "client_secret_post",
+    "client_secret_basic",
+)
+GRANT_TYPES = ("authorization_code", "refresh_token")
+RESPONSE_TYPES = ("code",)
+
+MAX_REDIRECT_URIS = 20
+MAX_CLIENT_NAME_LENGTH = 200
+MAX_SCOPE_LENGTH = 1000
+
+
+class ClientRecord(msgspec.Struct, kw_only=True):
+    """One client registered at the gateway.
+
+    Attributes:
+        client_id: Random id issued at registration.
+        client_name: The name the client gave itself; agent rules may match it.
+        redirect_uris: Registered redirect URIs.
+        token_endpoint_auth_method: ``none`` for public clients, else how the
+            client sends its secret.
+        grant_types: Grants the client may use.
+        created_at: Registration time, epoch seconds.
+        pre_approved: Whether users skip the consent page for this client;
+            only pre-registered clients are, never dynamically registered ones.
+        secret_hash: SHA-256 of the client secret (hex) for confidential
+            clients. The secret itself is never stored.
+        scope: The ``scope`` the client registered, if any.
+    """
+
+    client_id: str
+    client_name: str | None = None
+    redirect_uris: list[str]
+    token_endpoint_auth_method: ClientAuthMethod = "none"
+    grant_types: list[str] = msgspec.field(default_factory=lambda: list(GRANT_TYPES))
+    created_at: int
+    pre_approved: bool = False
+    secret_hash: str | None = None
+    scope: str | None = None
+
+    @property
+    def is_public(self) -> bool:
+        """Whether the client has no secret."""
+        return self.token_endpoint_auth_method == "none"
+
+    def check_secret(self, secret: str) -> bool:
+        """Return whether ``secret`` is this client's secret (constant time)."""
+        if self.secret_hash is None:
+            return False
+        return hmac.compare_digest(hash_secret(secret), self.secret_hash)
+
+
+class RegistrationError(Exception):
+    """Client metadata that cannot be registered (RFC 7591 section 3.2.2).
+
+    Attributes:
+        error: ``invalid_redirect_uri`` or ``invalid_client_metadata``.
+    """
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+class ClientRegistry:
+    """Registered clients in the state store (namespace ``client``).
+
+    Clients do not expire; the store's per-namespace bound evicts the least
+    recently written ones when it is reached.
+    """
+
+    NAMESPACE = "client"
+
+    def __init__(self, store: Store) -> None:
+        self._clients = TypedStore(store, self.NAMESPACE, ClientRecord)
+
+    async def get(self, client_id: str) -> ClientRecord | None:
+        """Return a client, or None when unknown."""
+        if not client_id or len(client_id) > 200:
+            return None
+        return await self._clients.get(client_id)
+
+    async def save(self, record: ClientRecord) -> None:
+        """Store a client, replacing one with the same id (pre-registration)."""
+        await self._clients.set(record.client_id, record)
+
+    async def register(self, metadata: Any) -> tuple[ClientRecord, str | None]:
+        """Validate RFC 7591 client metadata and register a new client.
+
+        Returns:
+            The record and, for a confidential client, its new secret (shown
+            once to the client, stored only as a hash).
+
+        Raises:
+            RegistrationError: The metadata is invalid.
+        """
+        record = validate_metadata(metadata)
+        secret: str | None = None
+        if not record.is_public:
+            secret = secrets.token_urlsafe(32)
+            record.secret_hash = hash_secret(secret)
+        await self.save(record)
+        return record, secret
+
+
+def hash_secret(secret: str) -> str:
+    """Return the SHA-256 hex digest under which a secret or token is stored.
+
+    A fast hash suffices because every value hashed here is a random string of
+    at least 256 bits, never a password a person chose.
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def validate_metadata(metadata: Any) -> ClientRecord:
+    """Build a new client record from registration metadata.
+
+    Unknown metadata fields are ignored, as RFC 7591 section 2 requires.
+
+    Raises:
+        RegistrationError: A field is missing, of the wrong type or not supported.
+    """
+    if not isinstance(metadata, dict):
+        raise RegistrationError(
+            "invalid_client_metadata", "the request body must be a JSON object"
+        )
+    redirect_uris = metadata.get("redirect_uris")
+    if not isinstance(redirect_uris, list) or not redirect_uris:
+        raise RegistrationError(
+            "invalid_redirect_uri", "redirect_uris must be a non-empty array of URLs"
+        )
+    if len(redirect_uris) > MAX_REDIRECT_URIS:
+        raise RegistrationError(
+            "invalid_redirect_uri",
+            f"at most {MAX_REDIRECT_URIS} redirect_uris may be registered",
+        )
+    for uri in redirect_uris:
+        if not isinstance(uri, str):
+            raise RegistrationError(
+                "invalid_redirect_uri", "every entry of redirect_uris must be a string"
+            )
+        problem = redirect_uri_problem(uri)
+        if problem is not None:
+            raise RegistrationError("invalid_redirect_uri", problem)
+
+    method = metadata.get("token_endpoint_auth_method", "client_secret_basic")
+    if method not in AUTH_METHODS:
+        raise RegistrationError(
+            "invalid_client_metadata",
+            f"token_endpoint_auth_method {method!r} is not supported; "
+            f"use one of {list(AUTH_METHODS)}",
+        )
+    # RFC 7591 defaults grant_types to authorization_code alone; MCP clients
+    # that leave it out still expect refresh tokens, so both are the default.
+    grant_types = _string_list(metadata, "grant_types", list(GRANT_TYPES))
+    unsupported = [grant for grant in grant_types if grant not in GRANT_TYPES]
+    if unsupported or "authorization_code" not in grant_types:
+        raise RegistrationError(
+            "invalid_client_metadata",
+            f"grant_types {grant_types!r} must include 'authorization_code' and "
+            f"contain only {list(GRANT_TYPES)}",
+        )
+    response_types = _string_list(metadata, "response_types", ["code"])
+    if response_types != ["code"]:
+        raise RegistrationError(
+            "invalid_client_metadata",
+            f"response_types {response_types!r} is not supported; use ['code']",
+        )
+    client_name = _optional_text(metadata, "client_name", MAX_CLIENT_NAME_LENGTH)
+    scope = _optional_text(metadata, "scope", MAX_SCOPE_LENGTH)
+    return ClientRecord(
+        client_id=secrets.token_urlsafe(24),
+        client_name=client_name,
+        redirect_uris=list(redirect_uris),
+        token_endpoint_auth_method=method,
+        grant_types=sorted(set(grant_types), key=GRANT_TYPES.index),
+        created_at=int(time.time()),
+        scope=scope,
+    )
+
+
+def registration_response(record: ClientRecord, secret: str | None) -> dict[str, Any]:
+    """Return the RFC 7591 section 3.2.1 response body for a new client."""
+    body: dict[str, Any] = {
+        "client_id": record.client_id,
+        "client_id_issued_at": record.created_at,
+        "redirect_uris": record.redirect_uris,
+        "token_endpoint_auth_method": record.token_endpoint_auth_method,
+        "grant_types": record.grant_types,
+        "response_types": list(RESPONSE_TYPES),
+    }
+    if record.client_name is not None:
+        body["client_name"] = record.client_name
+    if record.scope is not None:
+        body["scope"] = record.scope
+    if secret is not None:
+        body["client_secret"] = secret
+        body["client_secret_expires_at"] = 0
+    return body
+
+
+def _string_list(metadata: dict[str, Any], name: str, default: list[str]) -> list[str]:
+    value = metadata.get(name, default)
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise RegistrationError(
+            "invalid_client_metadata", f"{name} must be an array of strings"
+        )
+    return value
+
+
+def _optional_text(metadata: dict[str, Any], name: str, max_length: int) -> str | None:
+    value = metadata.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RegistrationError("invalid_client_metadata", f"{name} must be a string")
+    if len(value) > max_length or any(
+        ord(char) < 0x20 or ord(char) == 0x7F for char in value
+    ):
+        raise RegistrationError(
+            "invalid_client_metadata",
+            f"{name} must be at most {max_length} characters, "
+            "without control characters",
+        )
+    return value

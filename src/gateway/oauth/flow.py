@@ -1,0 +1,173 @@
+"""Steps shared by the authorize, consent and callback endpoints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+import structlog
+from litestar import Request, Response
+
+from gateway.errors import UpstreamError
+from gateway.events import AgentRef, AuthorizationRejected
+from gateway.oauth import pkce
+from gateway.oauth.pages import error_page
+from gateway.oauth.redirects import with_query
+from gateway.oauth.responses import html_response, redirect
+from gateway.oauth.transactions import (
+    AuthorizationRequest,
+    FlowState,
+    UpstreamTransaction,
+)
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = structlog.get_logger("gateway.oauth")
+
+MAX_FORM_BYTES = 64 * 1024
+
+
+class FormError(Exception):
+    """A form body that cannot be read; the message explains why."""
+
+
+async def read_form(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """Parse an ``application/x-www-form-urlencoded`` body.
+
+    Raises:
+        FormError: Wrong media type, too large, or a parameter given twice
+            (RFC 6749 section 3.1 forbids repeating a parameter).
+    """
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip()
+    if media_type.lower() != "application/x-www-form-urlencoded":
+        msg = "the request body must be application/x-www-form-urlencoded"
+        raise FormError(msg)
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        msg = f"the request body is larger than {MAX_FORM_BYTES} bytes"
+        raise FormError(msg)
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError):
+        msg = "the request body is not valid form data"
+        raise FormError(msg) from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            msg = f"the parameter {name!r} is given more than once"
+            raise FormError(msg)
+        form[name] = value
+    return form
+
+
+async def refuse_page(
+    runtime: Runtime,
+    title: str,
+    message: str,
+    *,
+    reason: str,
+    stage: str,
+    client_id: str | None = None,
+    status: int = 400,
+) -> Response[bytes]:
+    """Publish ``AuthorizationRejected`` and show an error page.
+
+    For errors that must not be sent to the client's redirect URI, because
+    that URI is unverified or unknown.
+    """
+    client_id = client_id[:200] if client_id else None
+    log.info("oauth.authorization_rejected", client_id=client_id, reason=reason)
+    await runtime.publish(
+        AuthorizationRejected(
+            stage=stage,
+            client_id=client_id,
+            outcome="denied",
+            reason=reason,
+            detail=message,
+        )
+    )
+    return html_response(error_page(title, message), status=status)
+
+
+def agent_ref(request: AuthorizationRequest) -> AgentRef:
+    """Return the event reference of the agent in an authorization request."""
+    return AgentRef(
+        id=request.agent_id, verified=request.agent_verified, trust=request.agent_trust
+    )
+
+
+def client_redirect(
+    runtime: Runtime, request: AuthorizationRequest, params: dict[str, str | None]
+) -> Response[bytes]:
+    """Redirect to the client's redirect URI with ``params``, ``state`` and ``iss``."""
+    location = with_query(
+        request.redirect_uri,
+        {**params, "state": request.state or None, "iss": runtime.issuer},
+    )
+    return redirect(location)
+
+
+async def reject(
+    runtime: Runtime,
+    request: AuthorizationRequest,
+    error: str,
+    description: str,
+    *,
+    reason: str,
+    outcome: str = "denied",
+    stage: str = "oauth.authorize",
+) -> Response[bytes]:
+    """Publish ``AuthorizationRejected`` and send the error to the client."""
+    log.info(
+        "oauth.authorization_rejected",
+        client_id=request.client_id,
+        backend=request.backend,
+        error=error,
+        reason=reason,
+    )
+    await runtime.publish(
+        AuthorizationRejected(
+            stage=stage,
+            client_id=request.client_id,
+            resource=request.resource or None,
+            backend=request.backend or None,
+            agent=agent_ref(request) if request.agent_id else None,
+            outcome="error" if outcome == "error" else "denied",
+            reason=reason,
+            detail=description,
+        )
+    )
+    return client_redirect(
+        runtime, request, {"error": error, "error_description": description}
+    )
+
+
+async def redirect_upstream(
+    runtime: Runtime, request: AuthorizationRequest, *, stage: str
+) -> Response[bytes]:
+    """Redirect to the IdP with the gateway's own ``state``, ``nonce`` and PKCE."""
+    verifier = pkce.new_code_verifier()
+    nonce = pkce.new_code_verifier()
+    state = await FlowState(runtime.store).start_upstream(
+        UpstreamTransaction(request=request, nonce=nonce, code_verifier=verifier)
+    )
+    try:
+        url = await runtime.upstream.authorization_url(
+            state=state,
+            nonce=nonce,
+            code_challenge=pkce.s256_challenge(verifier),
+            login_hint=request.login_hint,
+        )
+    except UpstreamError as exc:
+        log.warning("oauth.upstream_unavailable", reason=exc.reason, error=str(exc))
+        return await reject(
+            runtime,
+            request,
+            "temporarily_unavailable",
+            "the identity provider cannot be reached; try again later",
+            reason=exc.reason,
+            outcome="error",
+            stage=stage,
+        )
+    return redirect(url)

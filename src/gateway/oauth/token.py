@@ -1,0 +1,386 @@
+"""``POST /oauth2/token``: the ``authorization_code`` and ``refresh_token`` grants.
+
+Public clients identify themselves with ``client_id`` alone. Confidential
+clients send their secret with HTTP Basic or in the form. Either method is
+accepted whichever one the client registered, but not both in one request.
+
+Refresh tokens rotate on every use. Presenting a rotated-out one revokes the
+whole grant, because a second user of the same refresh token means it was
+copied (OAuth 2.1 section 4.3.1).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
+
+import structlog
+from litestar import Request, Response, post
+
+from gateway.events import (
+    AgentRef,
+    RefreshTokenReused,
+    TokenIssued,
+    TokenRequestFailed,
+    UserRef,
+)
+from gateway.oauth import pkce
+from gateway.oauth.access_tokens import agent_claim, mint_access_token
+from gateway.oauth.clients import ClientRecord, ClientRegistry
+from gateway.oauth.flow import FormError, read_form
+from gateway.oauth.grants import Grant
+from gateway.oauth.resources import backend_for_resource
+from gateway.oauth.responses import json_response, oauth_error
+from gateway.oauth.transactions import FlowState, RefreshRecord
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = structlog.get_logger("gateway.oauth")
+
+_BASIC_CHALLENGE = {"www-authenticate": 'Basic realm="agent-proxy", charset="UTF-8"'}
+
+
+class TokenError(Exception):
+    """A token request rejected with an RFC 6749 section 5.2 error."""
+
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        *,
+        status: int = 400,
+        headers: dict[str, str] | None = None,
+        grant: Grant | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.headers = headers
+        self.grant = grant
+
+
+@post("/oauth2/token", status_code=200)
+async def token(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Issue an access token and a rotated refresh token.
+
+    Publishes ``TokenIssued``, or ``TokenRequestFailed`` with the OAuth error
+    (and ``RefreshTokenReused`` when a rotated-out refresh token came back).
+    """
+    runtime: Runtime = request.app.state.runtime
+    grant_type: str | None = None
+    client_id: str | None = None
+    try:
+        try:
+            form = await read_form(request)
+        except FormError as exc:
+            raise TokenError("invalid_request", str(exc)) from None
+        grant_type = form.get("grant_type")
+        client_id = form.get("client_id")
+        if not grant_type:
+            raise TokenError("invalid_request", "grant_type is missing")
+        client = await _authenticate_client(runtime, request, form)
+        client_id = client.client_id
+        if grant_type == "authorization_code":
+            return await _authorization_code(runtime, client, form)
+        if grant_type == "refresh_token":
+            if "refresh_token" not in client.grant_types:
+                raise TokenError(
+                    "unauthorized_client",
+                    "this client did not register the refresh_token grant",
+                )
+            return await _refresh_token(runtime, client, form)
+        raise TokenError(
+            "unsupported_grant_type",
+            "grant_type must be 'authorization_code' or 'refresh_token'",
+        )
+    except TokenError as exc:
+        await _publish_failure(runtime, exc, client_id=client_id, grant_type=grant_type)
+        return oauth_error(
+            exc.error, exc.description, status=exc.status, headers=exc.headers
+        )
+
+
+async def _authenticate_client(
+    runtime: Runtime, request: Request[Any, Any, Any], form: dict[str, str]
+) -> ClientRecord:
+    authorization = request.headers.get("authorization")
+    basic = authorization is not None and authorization[:6].lower() == "basic "
+    challenge = _BASIC_CHALLENGE if basic else None
+    if authorization is not None and not basic:
+        raise TokenError(
+            "invalid_client", "client authentication must use HTTP Basic", status=401
+        )
+    if basic:
+        assert authorization is not None
+        client_id, secret = _decode_basic(authorization[6:])
+        if form.get("client_secret") is not None:
+            raise TokenError(
+                "invalid_request",
+                "use one client authentication method, not Basic and the form",
+            )
+        if form.get("client_id") not in (None, client_id):
+            raise TokenError(
+                "invalid_request", "client_id differs from the Basic credentials"
+            )
+    else:
+        client_id = form.get("client_id", "")
+        secret = form.get("client_secret", "")
+    if not client_id:
+        raise TokenError("invalid_client", "client_id is missing", status=401)
+    record = await ClientRegistry(runtime.store).get(client_id)
+    if record is None:
+        raise TokenError(
+            "invalid_client", "unknown client", status=401, headers=challenge
+        )
+    if record.is_public:
+        if secret:
+            raise TokenError(
+                "invalid_client",
+                "this client is public and must not send a client secret",
+                status=401,
+                headers=challenge,
+            )
+        return record
+    if not secret or not record.check_secret(secret):
+        raise TokenError(
+            "invalid_client",
+            "client authentication failed",
+            status=401,
+            headers=challenge,
+        )
+    return record
+
+
+def _decode_basic(credentials: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise TokenError(
+            "invalid_client",
+            "the Basic credentials are not valid",
+            status=401,
+            headers=_BASIC_CHALLENGE,
+        ) from None
+    client_id, separator, secret = decoded.partition(":")
+    if not separator:
+        raise TokenError(
+            "invalid_client",
+            "the Basic credentials lack a ':'",
+            status=401,
+            headers=_BASIC_CHALLENGE,
+        )
+    # RFC 6749 section 2.3.1: both parts are form-encoded before Basic encoding.
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+async def _authorization_code(
+    runtime: Runtime, client: ClientRecord, form: dict[str, str]
+) -> Response[bytes]:
+    code = form.get("code")
+    verifier = form.get("code_verifier")
+    if not code:
+        raise TokenError("invalid_request", "code is missing")
+    if not verifier:
+        raise TokenError(
+            "invalid_request", "code_verifier is missing (PKCE is required)"
+        )
+    record, replayed_grant = await FlowState(runtime.store).redeem_code(code)
+    if record is None:
+        if replayed_grant is not None:
+            grant = await runtime.grants.get(replayed_grant)
+            await runtime.grants.revoke(replayed_grant)
+            log.warning(
+                "oauth.code_replayed",
+                client_id=client.client_id,
+                grant_id=replayed_grant,
+            )
+            raise TokenError(
+                "invalid_grant",
+                "the authorization code was already used; its tokens are revoked",
+                grant=grant,
+            )
+        raise TokenError(
+            "invalid_grant", "the authorization code is invalid or expired"
+        )
+    auth_request = record.request
+    if auth_request.client_id != client.client_id:
+        raise TokenError(
+            "invalid_grant", "the authorization code was issued to another client"
+        )
+    redirect_uri = form.get("redirect_uri")
+    redirect_uri_required = auth_request.redirect_uri_given or redirect_uri is not None
+    if redirect_uri_required and redirect_uri != auth_request.redirect_uri:
+        raise TokenError(
+            "invalid_grant", "redirect_uri differs from the authorization request"
+        )
+    if not pkce.verify_s256(verifier, auth_request.code_challenge):
+        raise TokenError(
+            "invalid_grant", "code_verifier does not match the code_challenge"
+        )
+    _check_resource(runtime, form, auth_request.resource)
+    grant = await runtime.grants.get(record.grant_id)
+    if grant is None or grant.client_id != client.client_id:
+        raise TokenError("invalid_grant", "the sign-in behind this code has ended")
+    return await _issue(runtime, client, grant, grant.scopes, "authorization_code")
+
+
+async def _refresh_token(
+    runtime: Runtime, client: ClientRecord, form: dict[str, str]
+) -> Response[bytes]:
+    refresh_token = form.get("refresh_token")
+    if not refresh_token:
+        raise TokenError("invalid_request", "refresh_token is missing")
+    flow = FlowState(runtime.store)
+    record = await flow.find_refresh_token(refresh_token)
+    if record is None or record.client_id != client.client_id:
+        raise TokenError("invalid_grant", "the refresh token is invalid or expired")
+    grant = await runtime.grants.get(record.grant_id)
+    if not await flow.mark_refresh_token_used(refresh_token, record):
+        await runtime.grants.revoke(record.grant_id)
+        log.warning(
+            "oauth.refresh_token_reused",
+            client_id=client.client_id,
+            grant_id=record.grant_id,
+        )
+        await runtime.publish(
+            RefreshTokenReused(
+                stage="oauth.token",
+                user=_user(grant),
+                agent=_agent(grant),
+                backend=_backend(runtime, grant),
+                outcome="denied",
+                reason="refresh_token_reused",
+                client_id=client.client_id,
+                grant_id=record.grant_id,
+            )
+        )
+        raise TokenError(
+            "invalid_grant",
+            "the refresh token was already used; the sign-in is revoked, sign in again",
+            grant=grant,
+        )
+    if grant is None or grant.client_id != client.client_id:
+        raise TokenError(
+            "invalid_grant", "the sign-in behind this refresh token has ended"
+        )
+    _check_resource(runtime, form, grant.resource)
+    scopes = record.scopes
+    requested = form.get("scope")
+    if requested is not None:
+        narrowed = requested.split()
+        if not narrowed or any(scope not in record.scopes for scope in narrowed):
+            raise TokenError(
+                "invalid_scope", "scope must be a subset of the granted scopes"
+            )
+        scopes = narrowed
+    return await _issue(runtime, client, grant, scopes, "refresh_token")
+
+
+def _check_resource(runtime: Runtime, form: dict[str, str], expected: str) -> None:
+    resource = form.get("resource")
+    if resource is None:
+        return
+    target = backend_for_resource(runtime.config, resource)
+    if target is None or target[1] != expected:
+        raise TokenError(
+            "invalid_target",
+            f"resource must be {expected}, the resource this sign-in was for",
+        )
+
+
+async def _issue(
+    runtime: Runtime,
+    client: ClientRecord,
+    grant: Grant,
+    scopes: list[str],
+    grant_type: str,
+) -> Response[bytes]:
+    signing = runtime.config.signing
+    access_token, claims = mint_access_token(
+        runtime.keys,
+        issuer=runtime.issuer,
+        grant=grant,
+        scopes=scopes,
+        ttl=signing.access_token_ttl,
+    )
+    body: dict[str, Any] = {
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": signing.access_token_ttl,
+        "scope": " ".join(scopes),
+    }
+    if "refresh_token" in client.grant_types:
+        expires_at = min(time.time() + signing.refresh_token_ttl, grant.expires_at)
+        body["refresh_token"] = await FlowState(runtime.store).issue_refresh_token(
+            RefreshRecord(
+                grant_id=grant.grant_id,
+                client_id=client.client_id,
+                scopes=list(scopes),
+                expires_at=expires_at,
+            )
+        )
+    log.info(
+        "oauth.token_issued",
+        client_id=client.client_id,
+        grant_id=grant.grant_id,
+        grant_type=grant_type,
+        token_id=claims["jti"],
+    )
+    await runtime.publish(
+        TokenIssued(
+            stage="oauth.token",
+            user=_user(grant),
+            agent=_agent(grant),
+            backend=_backend(runtime, grant),
+            client_id=client.client_id,
+            grant_type=grant_type,
+            audience=grant.resource,
+            token_id=claims["jti"],
+        )
+    )
+    return json_response(body)
+
+
+async def _publish_failure(
+    runtime: Runtime, exc: TokenError, *, client_id: str | None, grant_type: str | None
+) -> None:
+    log.info(
+        "oauth.token_request_failed",
+        client_id=client_id,
+        grant_type=grant_type,
+        oauth_error=exc.error,
+        detail=exc.description,
+    )
+    await runtime.publish(
+        TokenRequestFailed(
+            stage="oauth.token",
+            user=_user(exc.grant),
+            agent=_agent(exc.grant),
+            backend=_backend(runtime, exc.grant),
+            outcome="denied",
+            reason=exc.error,
+            client_id=client_id[:200] if client_id else None,
+            grant_type=grant_type[:100] if grant_type else None,
+            oauth_error=exc.error,
+        )
+    )
+
+
+def _user(grant: Grant | None) -> UserRef | None:
+    return UserRef(iss=grant.user_iss, sub=grant.user_sub) if grant else None
+
+
+def _agent(grant: Grant | None) -> AgentRef | None:
+    return AgentRef(**agent_claim(grant)) if grant else None
+
+
+def _backend(runtime: Runtime, grant: Grant | None) -> str | None:
+    if grant is None:
+        return None
+    target = backend_for_resource(runtime.config, grant.resource)
+    return target[0] if target else None

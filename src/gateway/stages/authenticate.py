@@ -1,0 +1,201 @@
+"""The ``authenticate`` stage: who is the user behind this request."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import msgspec
+
+from gateway.context import RequestContext
+from gateway.errors import ConfigError
+from gateway.events import AuthenticationFailed, RequestAuthenticated, UserRef
+from gateway.facts import PRINCIPAL, Principal
+from gateway.mcp.response import GatewayResponse, jsonrpc_error_response
+from gateway.oauth.access_tokens import AccessTokenError, verify_access_token
+from gateway.oauth.keys import SUPPORTED_ALGORITHMS
+from gateway.oauth.metadata import SUPPORTED_SCOPES, resource_metadata_url
+from pipeline import BaseStage, Next
+
+UNAUTHORIZED = -32001
+"""JSON-RPC error code of a 401 response, from the implementation-defined range."""
+
+MAX_LEEWAY = 300
+
+# RFC 6750 section 3: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
+_UNSAFE_DESCRIPTION = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+class AuthenticateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Settings of the ``authenticate`` stage."""
+
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["ES256"])
+    """Accepted token signature algorithms; must include ``signing.algorithm``."""
+    leeway: int = 30
+    """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``, in seconds."""
+    require_typ: bool = True
+    """Reject tokens whose ``typ`` header is not ``at+jwt`` (RFC 9068 section 4)."""
+
+    def __post_init__(self) -> None:
+        if not self.algorithms:
+            msg = "algorithms must not be empty"
+            raise ValueError(msg)
+        for algorithm in self.algorithms:
+            if algorithm not in SUPPORTED_ALGORITHMS:
+                msg = (
+                    f"algorithm {algorithm!r} is not supported; "
+                    f"use {sorted(SUPPORTED_ALGORITHMS)}"
+                )
+                raise ValueError(msg)
+        if not 0 <= self.leeway <= MAX_LEEWAY:
+            msg = (
+                f"leeway must be between 0 and {MAX_LEEWAY} seconds, got {self.leeway}"
+            )
+            raise ValueError(msg)
+
+
+class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
+    """Verify the gateway access token of an MCP request.
+
+    Reads the ``Authorization: Bearer`` header. The token must be signed by
+    the gateway's keys with an allowed algorithm, have ``typ`` ``at+jwt``,
+    ``iss`` equal to ``server.public_url``, and ``aud`` equal to this backend's
+    resource: a string, or an array whose members are all that resource. A
+    token that also names any other audience is rejected. ``exp``, ``nbf``
+    and ``iat`` are checked with the leeway, and the grant the token refers
+    to must still exist.
+
+    Success provides ``principal`` and publishes ``RequestAuthenticated``.
+    Failure ends the chain with HTTP 401 and publishes ``AuthenticationFailed``.
+    The response has a ``WWW-Authenticate: Bearer`` challenge that points at
+    the backend's resource metadata, with ``error="invalid_token"`` when a
+    token was sent. Its body is a JSON-RPC error with code -32001 and a
+    ``data.reason`` of ``missing_token``, ``invalid_token``, ``token_expired``,
+    ``wrong_audience`` or ``grant_revoked``.
+
+    Raises:
+        ConfigError: At construction, when ``algorithms`` does not include
+            the algorithm the gateway signs with.
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset({PRINCIPAL})
+    stability = "beta"
+    Config = AuthenticateConfig
+
+    def __init__(self, *, name: str, config: Any, resources: Any) -> None:
+        super().__init__(name=name, config=config, resources=resources)
+        gateway_config = getattr(resources, "config", None)
+        signing = getattr(gateway_config, "signing", None)
+        if signing is not None and signing.algorithm not in config.algorithms:
+            raise ConfigError(
+                [
+                    f"stages.{name}.algorithms: {config.algorithms!r} does not include "
+                    f"signing.algorithm {signing.algorithm!r}, so no token the gateway "
+                    f"issues would verify; add {signing.algorithm!r}"
+                ]
+            )
+
+    async def handle(
+        self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
+    ) -> GatewayResponse:
+        """Provide ``principal``, or end the chain with 401."""
+        header = ctx.headers.get("authorization", "").strip()
+        if not header:
+            return await self._reject(ctx, "missing_token", "no access token was sent")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer":
+            return await self._reject(
+                ctx,
+                "invalid_token",
+                "the Authorization header must use the Bearer scheme",
+            )
+        if not token:
+            return await self._reject(ctx, "invalid_token", "the bearer token is empty")
+        runtime = ctx.runtime
+        try:
+            claims = verify_access_token(
+                runtime.keys,
+                token,
+                issuer=runtime.issuer,
+                audience=ctx.resource,
+                algorithms=self.config.algorithms,
+                leeway=self.config.leeway,
+                require_typ=self.config.require_typ,
+            )
+        except AccessTokenError as exc:
+            return await self._reject(ctx, exc.reason, str(exc))
+        grant = await runtime.grants.get(claims["grant_id"])
+        if grant is None:
+            return await self._reject(
+                ctx,
+                "grant_revoked",
+                "the sign-in behind this token has ended; sign in again",
+            )
+        if grant.client_id != claims["client_id"] or grant.user_sub != claims["sub"]:
+            return await self._reject(
+                ctx, "invalid_token", "the token does not match its grant"
+            )
+        principal = _principal(claims)
+        ctx.provide(PRINCIPAL, principal)
+        await runtime.publish(
+            RequestAuthenticated(
+                request_id=ctx.request_id,
+                stage=self.name,
+                user=UserRef(iss=principal.iss, sub=principal.sub),
+                backend=ctx.backend_name,
+                method=ctx.mcp_method,
+                tool=ctx.tool,
+                client_id=principal.client_id,
+                token_id=principal.token_id,
+            )
+        )
+        return await call_next(ctx)
+
+    async def _reject(
+        self, ctx: RequestContext, reason: str, detail: str
+    ) -> GatewayResponse:
+        await ctx.runtime.publish(
+            AuthenticationFailed(
+                request_id=ctx.request_id,
+                stage=self.name,
+                backend=ctx.backend_name,
+                method=ctx.mcp_method,
+                tool=ctx.tool,
+                outcome="denied",
+                reason=reason,
+                detail=detail,
+            )
+        )
+        metadata = resource_metadata_url(ctx.runtime.issuer, ctx.backend.path)
+        scope = " ".join(SUPPORTED_SCOPES)
+        challenge = f'Bearer resource_metadata="{metadata}", scope="{scope}"'
+        if reason != "missing_token":
+            description = _UNSAFE_DESCRIPTION.sub("", detail)
+            challenge += f', error="invalid_token", error_description="{description}"'
+        return jsonrpc_error_response(
+            401,
+            ctx.message.id if ctx.message is not None else None,
+            UNAUTHORIZED,
+            f"Unauthorized: {detail}",
+            reason=reason,
+            headers={"www-authenticate": challenge},
+        )
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    agent = claims.get("agent")
+    email = claims.get("email")
+    scope = claims.get("scope")
+    return Principal(
+        iss=claims["user_iss"],
+        sub=claims["sub"],
+        client_id=claims["client_id"],
+        grant_id=claims["grant_id"],
+        scopes=tuple(scope.split()) if isinstance(scope, str) else (),
+        agent_claim=agent if isinstance(agent, dict) else None,
+        token_id=claims["jti"],
+        email=email if isinstance(email, str) else None,
+        expires_at=int(claims["exp"]),
+    )
