@@ -59,6 +59,10 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
         level: The minimum level name.
     """
     use_json = (not sys.stderr.isatty()) if json is None else json
+    # Libraries log each HTTP request at INFO, with full URLs that can carry
+    # authorization codes; the gateway logs its own canonical line instead.
+    for noisy in ("httpx", "httpx2", "mcp", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -46,7 +46,7 @@ class JsonRpcMessage:
         data: The whole decoded message.
     """
 
-    __slots__ = ("kind", "id", "method", "params", "data")
+    __slots__ = ("data", "id", "kind", "method", "params")
 
     def __init__(
         self,
@@ -83,10 +83,13 @@ def parse_message(body: bytes) -> JsonRpcMessage:
     try:
         data = _decoder.decode(body)
     except msgspec.DecodeError:
-        raise JsonRpcError("Parse error: the body is not valid JSON", code=PARSE_ERROR) from None
+        raise JsonRpcError(
+            "Parse error: the body is not valid JSON", code=PARSE_ERROR
+        ) from None
     if isinstance(data, list):
         raise JsonRpcError(
-            "Invalid Request: JSON-RPC batches are not supported; send one message per POST",
+            "Invalid Request: JSON-RPC batches are not supported; "
+            "send one message per POST",
             code=INVALID_REQUEST,
         )
     if not isinstance(data, dict):
@@ -120,11 +123,14 @@ def parse_message(body: bytes) -> JsonRpcMessage:
                 id=echo_id,
             )
         kind: MessageKind = "request" if "id" in data else "notification"
-        return JsonRpcMessage(kind, raw_id if kind == "request" else None, method, params, data)
+        return JsonRpcMessage(
+            kind, raw_id if kind == "request" else None, method, params, data
+        )
     if "id" in data and ("result" in data or "error" in data):
         return JsonRpcMessage("response", raw_id, None, {}, data)
     raise JsonRpcError(
-        "Invalid Request: the message is neither a request, a notification nor a response",
+        "Invalid Request: the message is neither a request, a notification "
+        "nor a response",
         code=INVALID_REQUEST,
         id=echo_id,
     )
@@ -132,7 +138,9 @@ def parse_message(body: bytes) -> JsonRpcMessage:
 
 def _valid_id(value: Any) -> bool:
     # bool is a subclass of int, but true/false are not valid ids.
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    return isinstance(value, str) or (
+        isinstance(value, int) and not isinstance(value, bool)
+    )
 
 
 def error_body(
@@ -153,3 +161,37 @@ def encode(value: Any) -> bytes:
 def decode(data: bytes) -> Any:
     """Decode JSON bytes; raises ``msgspec.DecodeError`` when invalid."""
     return _decoder.decode(data)
+
+
+class ResponseEnvelope(msgspec.Struct):
+    """The envelope of a JSON-RPC response; ``result`` and ``error`` stay raw.
+
+    Attributes:
+        jsonrpc: The protocol marker, ``"2.0"`` in a valid response.
+        id: The id exactly as sent.
+        result: The undecoded ``result``; empty when absent.
+        error: The undecoded ``error``; empty when absent.
+    """
+
+    jsonrpc: Any = None
+    id: Any = None
+    result: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    error: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+
+_envelope_decoder = msgspec.json.Decoder(ResponseEnvelope)
+
+
+def read_response_envelope(body: bytes) -> ResponseEnvelope | None:
+    """Return the envelope of a JSON body containing one JSON-RPC response, else None.
+
+    Only the envelope is decoded; ``result`` and ``error`` are skipped over, so
+    checking a large result costs one scan of the bytes.
+    """
+    try:
+        envelope = _envelope_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if envelope.jsonrpc != "2.0" or (not envelope.result and not envelope.error):
+        return None
+    return envelope

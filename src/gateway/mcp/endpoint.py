@@ -1,0 +1,409 @@
+"""The MCP streamable HTTP endpoint of every backend, as a raw ASGI application.
+
+Before a backend's chain runs, the endpoint does what needs no identity:
+tracing, the request id, ``Origin`` and CORS, size limits, the method, the
+``MCP-Protocol-Version`` header, ``Accept``, and parsing the JSON-RPC envelope
+once. Every rejection publishes ``RequestRejected``. It then runs the chain
+and sends its response, streaming event streams chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import structlog
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
+
+from gateway.context import RequestContext
+from gateway.events import RequestRejected
+from gateway.mcp.asgi import (
+    ASGIReceive,
+    ASGISend,
+    ClientDisconnected,
+    RequestBodyError,
+    read_body,
+    send_body,
+    send_stream,
+)
+from gateway.mcp.cors import (
+    MCP_METHODS,
+    OriginPolicy,
+    preflight_headers,
+    response_headers,
+)
+from gateway.mcp.headers import (
+    EVENT_STREAM,
+    HANDSHAKE_PROTOCOL_VERSIONS,
+    JSON,
+    STATELESS_PROTOCOL_VERSIONS,
+    accepts,
+    read_headers,
+)
+from gateway.mcp.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    JsonRpcError,
+    JsonRpcMessage,
+    parse_message,
+)
+from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
+from gateway.mcp.sse import aclose_stream
+from gateway.runtime import Runtime
+
+log = structlog.get_logger("gateway.mcp.endpoint")
+_tracer = trace.get_tracer("gateway.mcp")
+
+ALLOW = ", ".join(MCP_METHODS)
+GET_NOT_OFFERED_ALLOW = "POST, DELETE"
+HTTP_STAGE = "http"
+"""The ``stage`` of events the endpoint publishes before the chain."""
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """The state of one request while the endpoint handles it."""
+
+    request_id: str
+    method: str
+    headers: dict[str, str]
+    header_bytes: int
+    backend_name: str | None
+    cors_origin: str | None
+    span: Span
+    message: JsonRpcMessage | None = None
+
+
+class McpEndpoint:
+    """Serve the MCP endpoint of every backend in ``runtime.by_path``.
+
+    The path must equal a backend path, or equal it plus a trailing slash.
+    Choices that go beyond the MCP specification:
+
+    - ``Accept`` is checked leniently: a POST is rejected with 406 only when
+      the header allows neither ``application/json`` nor
+      ``text/event-stream``, because some clients send only one of them or no
+      header at all. A GET is rejected with 406 when the header does not allow
+      ``text/event-stream``. A missing header allows everything.
+    - ``MCP-Protocol-Version`` may be absent (the specification then implies
+      2025-03-26); a value other than a handshake revision gets 400. The
+      stateless revision 2026-07-28 is not served yet and also gets 400.
+    - An exception from the chain or from these checks is logged with its
+      traceback and never becomes HTTP 500. POST and DELETE get HTTP 200 with
+      a JSON-RPC error (``data.reason`` ``internal_error``), and GET gets 405
+      so that clients carry on without the optional stream.
+    - A 2xx response without a ``reason`` to a notification or a response
+      means the message was accepted, and is sent as 202 with no body.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def __call__(
+        self, scope: dict[str, Any], receive: ASGIReceive, send: ASGISend
+    ) -> None:
+        """Handle one ASGI HTTP request; other scope types are ignored."""
+        if scope["type"] != "http":
+            return
+        headers, header_bytes = read_headers(scope["headers"])
+        method = scope["method"]
+        path = scope["path"]
+        backend_name = self.runtime.by_path.get(path) or self.runtime.by_path.get(
+            path.rstrip("/")
+        )
+
+        span = self._start_span(method, path, backend_name, headers)
+        exchange = _Exchange(
+            request_id=uuid.uuid4().hex,
+            method=method,
+            headers=headers,
+            header_bytes=header_bytes,
+            backend_name=backend_name,
+            cors_origin=self._allowed_origin(headers.get("origin")),
+            span=span,
+        )
+        span.set_attribute("gateway.request_id", exchange.request_id)
+
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                try:
+                    response = await self._respond(exchange, receive)
+                except ClientDisconnected:
+                    span.set_attribute("gateway.client_disconnected", True)
+                    return
+                except Exception:
+                    response = _internal_error(exchange)
+                await self._send(exchange, response, receive, send)
+        finally:
+            span.end()
+
+    def _start_span(
+        self,
+        method: str,
+        path: str,
+        backend_name: str | None,
+        headers: dict[str, str],
+    ) -> Span:
+        # The route is the configured backend path, so a trailing slash in the
+        # request does not create a second span name.
+        route = (
+            self.runtime.config.backends[backend_name].path if backend_name else path
+        )
+        return _tracer.start_span(
+            f"{method} {route}",
+            context=propagate.extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "url.path": path,
+                "http.route": route,
+                "gateway.backend": backend_name or "",
+            },
+        )
+
+    def _allowed_origin(self, origin: str | None) -> str | None:
+        # The config is read per request so that a reloaded config applies.
+        if origin is None:
+            return None
+        server = self.runtime.config.server
+        policy = OriginPolicy(server.allowed_origins, server.public_url)
+        return origin if policy.allows(origin) else None
+
+    async def _respond(
+        self, exchange: _Exchange, receive: ASGIReceive
+    ) -> GatewayResponse:
+        server = self.runtime.config.server
+        headers = exchange.headers
+        backend_name = exchange.backend_name
+        if backend_name is None:
+            return await self._reject(
+                exchange, 404, "not_found", "Not Found: no MCP endpoint here"
+            )
+        if exchange.header_bytes > server.max_header_bytes:
+            detail = (
+                f"Request Header Fields Too Large: {exchange.header_bytes} bytes of "
+                f"headers, at most {server.max_header_bytes} allowed"
+            )
+            return await self._reject(exchange, 431, "headers_too_large", detail)
+        if "origin" in headers and exchange.cors_origin is None:
+            detail = f"Forbidden: origin {headers['origin']!r} is not allowed"
+            return await self._reject(exchange, 403, "forbidden_origin", detail)
+        if exchange.method == "OPTIONS":
+            return _preflight(exchange)
+        if exchange.method not in ("POST", "GET", "DELETE"):
+            detail = f"Method Not Allowed: {exchange.method}; use {ALLOW}"
+            return await self._reject(
+                exchange, 405, "method_not_allowed", detail, headers={"allow": ALLOW}
+            )
+        version = headers.get("mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            qualifier = (
+                "not served yet"
+                if version in STATELESS_PROTOCOL_VERSIONS
+                else "unknown"
+            )
+            detail = (
+                f"Bad Request: unsupported protocol version {version!r} ({qualifier}); "
+                f"supported: {', '.join(HANDSHAKE_PROTOCOL_VERSIONS)}"
+            )
+            return await self._reject(
+                exchange,
+                400,
+                "unsupported_protocol_version",
+                detail,
+                data={
+                    "supported": list(HANDSHAKE_PROTOCOL_VERSIONS),
+                    "requested": version,
+                },
+            )
+
+        body = b""
+        accept = headers.get("accept")
+        if exchange.method == "POST":
+            if not (accepts(accept, JSON) or accepts(accept, EVENT_STREAM)):
+                detail = f"Not Acceptable: Accept must allow {JSON} and {EVENT_STREAM}"
+                return await self._reject(exchange, 406, "not_acceptable", detail)
+            try:
+                body = await read_body(
+                    receive, headers.get("content-length"), server.max_body_bytes
+                )
+            except RequestBodyError as exc:
+                return await self._reject(exchange, exc.status, exc.reason, str(exc))
+            try:
+                exchange.message = parse_message(body)
+            except JsonRpcError as exc:
+                reason = (
+                    "parse_error" if exc.code != INVALID_REQUEST else "invalid_request"
+                )
+                return await self._reject(
+                    exchange, 400, reason, str(exc), code=exc.code, id=exc.id
+                )
+            _describe_message(exchange.span, exchange.message)
+        elif exchange.method == "GET" and not accepts(accept, EVENT_STREAM):
+            detail = f"Not Acceptable: a GET stream needs Accept: {EVENT_STREAM}"
+            return await self._reject(exchange, 406, "not_acceptable", detail)
+
+        backend = self.runtime.backends[backend_name]
+        ctx = RequestContext(
+            runtime=self.runtime,
+            request_id=exchange.request_id,
+            http_method=exchange.method,
+            backend_name=backend_name,
+            backend=backend.config,
+            resource=backend.resource,
+            headers=headers,
+            body=body,
+            message=exchange.message,
+        )
+        response: GatewayResponse = await backend.chain(ctx)
+        return response
+
+    async def _reject(
+        self,
+        exchange: _Exchange,
+        status: int,
+        reason: str,
+        detail: str,
+        *,
+        code: int = INVALID_REQUEST,
+        id: Any = None,
+        headers: dict[str, str] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> GatewayResponse:
+        message = exchange.message
+        await self.runtime.publish(
+            RequestRejected(
+                request_id=exchange.request_id,
+                stage=HTTP_STAGE,
+                backend=exchange.backend_name,
+                method=message.method if message is not None else None,
+                outcome="denied" if status == 403 else "error",
+                reason=reason,
+                status=status,
+                detail=detail,
+            )
+        )
+        return jsonrpc_error_response(
+            status, id, code, detail, reason=reason, data=data, headers=headers
+        )
+
+    async def _send(
+        self,
+        exchange: _Exchange,
+        response: GatewayResponse,
+        receive: ASGIReceive,
+        send: ASGISend,
+    ) -> None:
+        started = time.perf_counter()
+        status = response.status
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "transfer-encoding", "content-encoding")
+        }
+        headers["x-request-id"] = exchange.request_id
+        if (
+            exchange.cors_origin is not None
+            and "access-control-allow-origin" not in headers
+        ):
+            headers.update(response_headers(exchange.cors_origin))
+        message = exchange.message
+        accepted_message = (
+            message is not None
+            and message.kind != "request"
+            and 200 <= status < 300
+            and response.reason is None
+        )
+        outcome: StreamOutcome | None = None
+        try:
+            if accepted_message or status == 202:
+                status = 202
+                headers.pop("content-type", None)
+                if response.stream is not None:
+                    await aclose_stream(response.stream)
+                outcome = await send_body(send, status, headers, b"")
+            elif response.stream is not None:
+                outcome = await send_stream(
+                    send, receive, status, headers, response.stream
+                )
+            else:
+                outcome = await send_body(send, status, headers, response.body)
+        finally:
+            if outcome is None:
+                outcome = StreamOutcome(
+                    completed=False, bytes_sent=0, error="send failed"
+                )
+            exchange.span.set_attribute("http.response.status_code", status)
+            exchange.span.set_attribute(
+                "gateway.stream_ms", round((time.perf_counter() - started) * 1000, 3)
+            )
+            await _run_on_close(exchange, response, outcome)
+
+
+def _describe_message(span: Span, message: JsonRpcMessage) -> None:
+    if message.method is not None:
+        span.set_attribute("mcp.method.name", message.method)
+    if message.id is not None:
+        span.set_attribute("jsonrpc.request.id", str(message.id))
+    if message.tool_name is not None:
+        span.set_attribute("gen_ai.tool.name", message.tool_name)
+
+
+def _preflight(exchange: _Exchange) -> GatewayResponse:
+    if exchange.cors_origin is None:
+        # Not a browser preflight, so list the methods the endpoint serves.
+        return GatewayResponse(status=204, headers={"allow": ALLOW})
+    return GatewayResponse(status=204, headers=preflight_headers(exchange.cors_origin))
+
+
+def _internal_error(exchange: _Exchange) -> GatewayResponse:
+    # Called from an exception handler: logs the exception being handled.
+    log.exception(
+        "mcp.request_failed",
+        request_id=exchange.request_id,
+        backend=exchange.backend_name,
+        method=exchange.message.method if exchange.message is not None else None,
+    )
+    exchange.span.set_status(StatusCode.ERROR, "internal_error")
+    message = exchange.message
+    detail = (
+        "Internal error: the gateway failed to handle the request; "
+        f"its log has the details under request id {exchange.request_id}"
+    )
+    if exchange.method == "GET":
+        return jsonrpc_error_response(
+            405,
+            None,
+            INTERNAL_ERROR,
+            detail,
+            reason="internal_error",
+            headers={"allow": GET_NOT_OFFERED_ALLOW},
+        )
+    request_id = (
+        message.id if message is not None and message.kind == "request" else None
+    )
+    return jsonrpc_error_response(
+        200, request_id, INTERNAL_ERROR, detail, reason="internal_error"
+    )
+
+
+async def _run_on_close(
+    exchange: _Exchange, response: GatewayResponse, outcome: StreamOutcome
+) -> None:
+    # Each callback runs exactly once, even when an earlier one fails or the
+    # request task is being cancelled.
+    callbacks, response.on_close = list(response.on_close), []
+    with anyio.CancelScope(shield=True):
+        for callback in callbacks:
+            try:
+                await callback(outcome)
+            except Exception:
+                log.exception(
+                    "mcp.on_close_failed",
+                    request_id=exchange.request_id,
+                    backend=exchange.backend_name,
+                )

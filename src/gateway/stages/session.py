@@ -1,0 +1,407 @@
+"""The ``session`` stage: the client's MCP session, mapped to the backend's."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any, ClassVar
+
+import anyio
+import msgspec
+import structlog
+
+from gateway.context import RequestContext
+from gateway.events import (
+    AgentRef,
+    SessionCreated,
+    SessionEnded,
+    SessionRejected,
+    SessionResumed,
+    UserRef,
+)
+from gateway.facts import (
+    AGENT,
+    BACKEND_SESSION,
+    PRINCIPAL,
+    AgentIdentity,
+    BackendSession,
+    Principal,
+)
+from gateway.mcp.jsonrpc import INVALID_REQUEST, decode, encode, parse_message
+from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
+from gateway.mcp.sse import SseParser, aclose_stream
+from gateway.sessions import SessionRecord
+from gateway.stages.forward import BACKEND_SESSION_ID, BACKEND_STATUS
+from pipeline import BaseStage, Next
+
+log = structlog.get_logger("gateway.stages.session")
+
+MAX_INITIALIZE_RESPONSE_BYTES = 1024 * 1024
+"""Largest backend response read while initializing a backend session again."""
+
+
+class SessionStage(BaseStage[RequestContext, GatewayResponse]):
+    """Map the gateway's MCP session to the backend's; provide ``backend_session``.
+
+    Reads ``principal`` and ``agent``. Every session is bound to the user's
+    issuer and subject, the agent id and the backend, never to token bytes, so
+    a refreshed token keeps its session. Provides ``backend_session`` for the
+    forward stage.
+
+    - ``initialize`` needs no session. A session id the client still sends is
+      ignored and never forwarded. After the rest of the chain, when the
+      backend accepted, it mints a gateway session id, stores the mapping to
+      the backend's id (None for a backend that issued none) and returns the
+      gateway id as ``Mcp-Session-Id``. Publishes ``SessionCreated``.
+    - Other requests without ``Mcp-Session-Id`` end the chain with 400
+      (``missing_session``). An unknown, ended or expired id, or one bound to
+      another user, agent or backend, ends it with 404 (``unknown_session``),
+      the same response in every case so that nothing reveals whether the
+      session exists. Both publish ``SessionRejected``.
+    - A known session publishes ``SessionResumed`` and extends its expiry.
+      When the backend returns 404 because it dropped its session, the stage
+      initializes a new backend session with the stored ``initialize``
+      params, sends ``notifications/initialized``, updates the mapping and
+      runs the rest of the chain once more.
+    - DELETE ends the backend session (a backend 404 or 405 is fine), removes
+      the mapping, publishes ``SessionEnded`` and returns 204.
+    """
+
+    requires: ClassVar[frozenset[str]] = frozenset({PRINCIPAL, AGENT})
+    provides: ClassVar[frozenset[str]] = frozenset({BACKEND_SESSION})
+    stability = "beta"
+
+    def __init__(self, *, name: str, config: Any, resources: Any) -> None:
+        super().__init__(name=name, config=config, resources=resources)
+        self._reinitializing: dict[str, anyio.Lock] = {}
+
+    async def handle(
+        self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
+    ) -> GatewayResponse:
+        """Provide ``backend_session``, or end the chain with 400 or 404."""
+        principal: Principal = ctx.fact(PRINCIPAL)
+        agent: AgentIdentity = ctx.fact(AGENT)
+        if ctx.http_method == "POST" and ctx.mcp_method == "initialize":
+            return await self._initialize(ctx, call_next, principal, agent)
+
+        message_id = ctx.message.id if ctx.message is not None else None
+        if not ctx.session_id:
+            detail = "Bad Request: missing Mcp-Session-Id header; send initialize first"
+            await self._reject(ctx, principal, agent, 400, "missing_session", detail)
+            return jsonrpc_error_response(
+                400, message_id, INVALID_REQUEST, detail, reason="missing_session"
+            )
+        record = await ctx.runtime.sessions.get_bound(
+            ctx.session_id,
+            user_iss=principal.iss,
+            user_sub=principal.sub,
+            agent_id=agent.id,
+            backend=ctx.backend_name,
+        )
+        if record is None:
+            detail = "Not Found: unknown or ended session; send initialize again"
+            await self._reject(ctx, principal, agent, 404, "unknown_session", detail)
+            return jsonrpc_error_response(
+                404, message_id, INVALID_REQUEST, detail, reason="unknown_session"
+            )
+
+        if ctx.http_method == "DELETE":
+            return await self._delete(ctx, call_next, principal, agent, record)
+
+        await ctx.runtime.sessions.touch(record)
+        await ctx.runtime.publish(
+            SessionResumed(
+                session=session_ref(record.gateway_session_id),
+                **_refs(ctx, self.name, principal, agent),
+            )
+        )
+        ctx.provide(BACKEND_SESSION, _fact(record))
+        response = await call_next(ctx)
+        used = record.backend_session_id
+        if used is None or ctx.attributes.get(BACKEND_STATUS) != 404:
+            return response
+
+        renewed = await self._renew_backend_session(ctx, call_next, record, used)
+        if renewed is None:
+            return response
+        await _finish_unsent(
+            response, "discarded: retried after the backend lost its session"
+        )
+        ctx.provide(BACKEND_SESSION, _fact(renewed))
+        return await call_next(ctx)
+
+    async def _initialize(
+        self,
+        ctx: RequestContext,
+        call_next: Next[RequestContext, GatewayResponse],
+        principal: Principal,
+        agent: AgentIdentity,
+    ) -> GatewayResponse:
+        params = ctx.message.params if ctx.message is not None else {}
+        requested = params.get("protocolVersion")
+        version = requested if isinstance(requested, str) else None
+        ctx.provide(
+            BACKEND_SESSION,
+            BackendSession(
+                gateway_session_id=None,
+                backend_session_id=None,
+                protocol_version=version,
+            ),
+        )
+        response = await call_next(ctx)
+        if not _initialize_accepted(ctx, response):
+            return response
+        record = await ctx.runtime.sessions.create(
+            user_iss=principal.iss,
+            user_sub=principal.sub,
+            agent_id=agent.id,
+            backend=ctx.backend_name,
+            backend_session_id=ctx.attributes.get(BACKEND_SESSION_ID),
+            protocol_version=version,
+            initialize_params=params,
+        )
+        response.headers["mcp-session-id"] = record.gateway_session_id
+        ctx.response_session_id = record.gateway_session_id
+        await ctx.runtime.publish(
+            SessionCreated(
+                session=session_ref(record.gateway_session_id),
+                protocol_version=version,
+                **_refs(ctx, self.name, principal, agent),
+            )
+        )
+        return response
+
+    async def _delete(
+        self,
+        ctx: RequestContext,
+        call_next: Next[RequestContext, GatewayResponse],
+        principal: Principal,
+        agent: AgentIdentity,
+        record: SessionRecord,
+    ) -> GatewayResponse:
+        if record.backend_session_id is not None:
+            ctx.provide(BACKEND_SESSION, _fact(record))
+            response = await call_next(ctx)
+            # The backend session ends on the backend's own expiry if this failed.
+            await _finish_unsent(
+                response, "discarded: the gateway responds to DELETE itself"
+            )
+        await ctx.runtime.sessions.delete(record.gateway_session_id)
+        await ctx.runtime.publish(
+            SessionEnded(
+                session=session_ref(record.gateway_session_id),
+                **_refs(ctx, self.name, principal, agent),
+            )
+        )
+        return GatewayResponse(status=204)
+
+    async def _renew_backend_session(
+        self,
+        ctx: RequestContext,
+        call_next: Next[RequestContext, GatewayResponse],
+        record: SessionRecord,
+        lost_id: str,
+    ) -> SessionRecord | None:
+        # One renewal per session at a time: requests that failed on the same
+        # lost backend session wait and reuse the first renewal's result.
+        key = record.gateway_session_id
+        lock = self._reinitializing.setdefault(key, anyio.Lock())
+        try:
+            async with lock:
+                current = await ctx.runtime.sessions.get(key)
+                if current is None:
+                    return None
+                if current.backend_session_id != lost_id:
+                    return current
+                new_id = await self._initialize_backend(ctx, call_next, current)
+                if new_id is None:
+                    return None
+                current.backend_session_id = new_id
+                await ctx.runtime.sessions.update(current)
+                log.info(
+                    "session.backend_reinitialized",
+                    request_id=ctx.request_id,
+                    backend=ctx.backend_name,
+                    session=session_ref(key),
+                )
+                return current
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._reinitializing.pop(key, None)
+
+    async def _initialize_backend(
+        self,
+        ctx: RequestContext,
+        call_next: Next[RequestContext, GatewayResponse],
+        record: SessionRecord,
+    ) -> str | None:
+        request_id = f"gateway-{uuid.uuid4().hex}"
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "initialize",
+            "params": record.initialize_params,
+        }
+        init_ctx = _derived_context(ctx, initialize, record.protocol_version, None)
+        response = await call_next(init_ctx)
+        messages = await _read_messages(response)
+        new_id = init_ctx.attributes.get(BACKEND_SESSION_ID)
+        succeeded = any(m.get("id") == request_id and "result" in m for m in messages)
+        if not succeeded or not isinstance(new_id, str):
+            log.warning(
+                "session.backend_reinitialize_failed",
+                request_id=ctx.request_id,
+                backend=ctx.backend_name,
+                backend_status=init_ctx.attributes.get(BACKEND_STATUS),
+            )
+            return None
+        version = _negotiated_version(messages, request_id) or record.protocol_version
+        notification = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        notify_ctx = _derived_context(ctx, notification, version, new_id)
+        await _finish_unsent(await call_next(notify_ctx), None)
+        return new_id
+
+    async def _reject(
+        self,
+        ctx: RequestContext,
+        principal: Principal,
+        agent: AgentIdentity,
+        status: int,
+        reason: str,
+        detail: str,
+    ) -> None:
+        await ctx.runtime.publish(
+            SessionRejected(
+                status=status,
+                detail=detail,
+                outcome="denied",
+                reason=reason,
+                **_refs(ctx, self.name, principal, agent),
+            )
+        )
+
+
+def session_ref(session_id: str) -> str:
+    """Return how events name a session: a SHA-256 prefix, never the id itself."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
+
+
+def _refs(
+    ctx: RequestContext, stage: str, principal: Principal, agent: AgentIdentity
+) -> dict[str, Any]:
+    return {
+        "request_id": ctx.request_id,
+        "stage": stage,
+        "user": UserRef(iss=principal.iss, sub=principal.sub),
+        "agent": AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
+        "backend": ctx.backend_name,
+        "method": ctx.mcp_method,
+        "tool": ctx.tool,
+    }
+
+
+def _fact(record: SessionRecord) -> BackendSession:
+    return BackendSession(
+        gateway_session_id=record.gateway_session_id,
+        backend_session_id=record.backend_session_id,
+        protocol_version=record.protocol_version,
+    )
+
+
+def _initialize_accepted(ctx: RequestContext, response: GatewayResponse) -> bool:
+    status = ctx.attributes.get(BACKEND_STATUS)
+    if not isinstance(status, int) or not 200 <= status < 300 or response.status != 200:
+        return False
+    if response.is_stream:
+        # The result is still on its way; the backend accepted the request.
+        return True
+    try:
+        message = decode(response.body)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(message, dict) and "result" in message
+
+
+def _derived_context(
+    ctx: RequestContext,
+    message: dict[str, Any],
+    protocol_version: str | None,
+    backend_session_id: str | None,
+) -> RequestContext:
+    # A request the gateway sends on its own behalf, with the facts of the
+    # client's request so that the forward stage sends the same credentials.
+    body = encode(message)
+    headers = {"content-type": "application/json"}
+    if protocol_version is not None:
+        headers["mcp-protocol-version"] = protocol_version
+    derived = RequestContext(
+        runtime=ctx.runtime,
+        request_id=ctx.request_id,
+        http_method="POST",
+        backend_name=ctx.backend_name,
+        backend=ctx.backend,
+        resource=ctx.resource,
+        headers=headers,
+        body=body,
+        message=parse_message(body),
+    )
+    derived.facts = dict(ctx.facts)
+    derived.provide(
+        BACKEND_SESSION,
+        BackendSession(
+            gateway_session_id=None,
+            backend_session_id=backend_session_id,
+            protocol_version=protocol_version,
+        ),
+    )
+    return derived
+
+
+async def _read_messages(response: GatewayResponse) -> list[dict[str, Any]]:
+    # Collect the JSON-RPC messages of a response that is not sent to the client.
+    chunks: list[bytes] = []
+    if response.stream is None:
+        chunks.append(response.body)
+    else:
+        parser = SseParser()
+        size = 0
+        try:
+            async for chunk in response.stream:
+                size += len(chunk)
+                if size > MAX_INITIALIZE_RESPONSE_BYTES:
+                    break
+                chunks.extend(
+                    event.data.encode() for event in parser.feed(chunk) if event.data
+                )
+        finally:
+            await aclose_stream(response.stream)
+    await _finish_unsent(response, None)
+    messages: list[dict[str, Any]] = []
+    for data in chunks:
+        try:
+            message = decode(data)
+        except msgspec.DecodeError:
+            continue
+        if isinstance(message, dict):
+            messages.append(message)
+    return messages
+
+
+def _negotiated_version(messages: list[dict[str, Any]], request_id: str) -> str | None:
+    for message in messages:
+        result = message.get("result")
+        if message.get("id") == request_id and isinstance(result, dict):
+            version = result.get("protocolVersion")
+            if isinstance(version, str):
+                return version
+    return None
+
+
+async def _finish_unsent(response: GatewayResponse, error: str | None) -> None:
+    # Close a response that will not be sent and run its callbacks once.
+    if response.stream is not None:
+        await aclose_stream(response.stream)
+    outcome = StreamOutcome(completed=error is None, bytes_sent=0, error=error)
+    callbacks, response.on_close = list(response.on_close), []
+    for callback in callbacks:
+        await callback(outcome)

@@ -1,0 +1,412 @@
+"""The forward stage against a scripted backend on loopback.
+
+See :mod:`data_path_support` for why these cases use a scripted backend; the
+integration tests cover the same stage against an official-SDK server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import anyio
+import pytest
+
+from gateway.context import RequestContext
+from gateway.events import BackendFailed
+from gateway.facts import BACKEND_SESSION, BackendSession
+from gateway.mcp.backend import UpstreamStreamError
+from gateway.mcp.response import GatewayResponse
+from gateway.stages.forward import (
+    BACKEND_CHALLENGE,
+    BACKEND_SESSION_ID,
+    BACKEND_STATUS,
+    ForwardStage,
+)
+from pipeline.stage import NoConfig
+
+from .data_path_support import (
+    API_KEY,
+    DataPath,
+    ScriptedBackend,
+    body_of,
+    data_path,
+    json_reply,
+    make_context,
+    slow_reply,
+    sse_reply,
+)
+
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 13, "method": "tools/list"}
+TOOLS_CALL = {
+    "jsonrpc": "2.0",
+    "id": 9,
+    "method": "tools/call",
+    "params": {"name": "echo", "arguments": {"text": "hi"}},
+}
+RESOURCES_READ = {
+    "jsonrpc": "2.0",
+    "id": 10,
+    "method": "resources/read",
+    "params": {"uri": "file:///x"},
+}
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+RESULT_13 = {"jsonrpc": "2.0", "id": 13, "result": {"tools": []}}
+
+
+async def forward(ctx: RequestContext) -> GatewayResponse:
+    async def no_next(_ctx: RequestContext) -> GatewayResponse:
+        raise AssertionError("the forward stage must not call the next stage")
+
+    stage = ForwardStage(name="forward", config=NoConfig(), resources=ctx.runtime)
+    return await stage.handle(ctx, no_next)
+
+
+def failures(path: DataPath) -> list[BackendFailed]:
+    return [event for event in path.events if isinstance(event, BackendFailed)]
+
+
+@pytest.mark.anyio
+async def test_forward_post_headers_built_from_scratch() -> None:
+    """Only MCP headers, the credential and the backend session id go upstream."""
+    backend = ScriptedBackend(replies=[json_reply(200, RESULT_13)])
+    raw = b'{"jsonrpc":"2.0",  "id":13, "method":"tools/list"}'
+
+    async with data_path(backend) as path:
+        ctx = make_context(
+            path.runtime,
+            message=raw,
+            headers={
+                "authorization": "Bearer user-token",
+                "cookie": "session=abc",
+                "mcp-session-id": "gateway-session",
+                "host": "gateway.test",
+                "connection": "keep-alive, x-secret",
+                "x-secret": "1",
+                "mcp-protocol-version": "2025-06-18",
+                "traceparent": TRACEPARENT,
+            },
+        )
+        ctx.provide(
+            BACKEND_SESSION,
+            BackendSession(
+                gateway_session_id="gateway-session", backend_session_id="b-1"
+            ),
+        )
+        response = await forward(ctx)
+
+    sent = backend.received[0]
+    assert sent.body == raw
+    assert sent.headers["x-api-key"] == API_KEY
+    assert sent.headers["mcp-session-id"] == "b-1"
+    assert sent.headers["mcp-protocol-version"] == "2025-06-18"
+    assert sent.headers["accept"] == "application/json, text/event-stream"
+    assert sent.headers["content-type"] == "application/json"
+    assert "authorization" not in sent.headers
+    assert "cookie" not in sent.headers
+    assert "x-secret" not in sent.headers
+    assert sent.headers["host"] != "gateway.test"
+    assert sent.headers["traceparent"].startswith(
+        "00-0af7651916cd43dd8448eb211c80319c-"
+    )
+    assert response.status == 200
+    assert json.loads(response.body) == RESULT_13
+
+
+@pytest.mark.anyio
+async def test_forward_initialize_sends_no_session_header() -> None:
+    """Without a backend session id, no Mcp-Session-Id goes upstream."""
+    backend = ScriptedBackend(replies=[json_reply(200, RESULT_13)])
+    async with data_path(backend) as path:
+        ctx = make_context(
+            path.runtime, message=TOOLS_LIST, headers={"mcp-session-id": "gw"}
+        )
+        ctx.provide(
+            BACKEND_SESSION,
+            BackendSession(gateway_session_id=None, backend_session_id=None),
+        )
+        await forward(ctx)
+    assert "mcp-session-id" not in backend.received[0].headers
+
+
+@pytest.mark.anyio
+async def test_forward_response_headers_allow_listed() -> None:
+    """Set-Cookie, CORS, HSTS, Location, Server and the session id stay behind."""
+    hostile = {
+        "set-cookie": "x=1",
+        "access-control-allow-origin": "*",
+        "strict-transport-security": "max-age=1",
+        "location": "http://elsewhere.test/",
+        "server": "backend",
+        "mcp-session-id": "b-secret",
+        "mcp-protocol-version": "2025-06-18",
+    }
+    backend = ScriptedBackend(replies=[json_reply(200, RESULT_13, hostile)])
+    async with data_path(backend) as path:
+        ctx = make_context(path.runtime, message=TOOLS_LIST)
+        response = await forward(ctx)
+    assert response.headers == {
+        "content-type": "application/json",
+        "mcp-protocol-version": "2025-06-18",
+    }
+    assert ctx.attributes[BACKEND_SESSION_ID] == "b-secret"
+    assert ctx.attributes[BACKEND_STATUS] == 200
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [200, 202, 204])
+async def test_forward_notification_accepted_gets_202(status: int) -> None:
+    """A notification the backend accepts with any 2xx gets 202 with no body."""
+    reply = json_reply(status, b"") if status != 200 else json_reply(200, b"{}")
+    backend = ScriptedBackend(replies=[reply])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=INITIALIZED))
+    assert response.status == 202
+    assert response.body == b""
+    assert response.stream is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "content_type", "body"),
+    [
+        (200, "application/json", b'{"Output":"x","Version":"1"}'),
+        (200, "text/html", b"<html>ok</html>"),
+        (202, "application/json", b""),
+    ],
+)
+async def test_forward_unusable_2xx_body_synthesizes_error(
+    status: int, content_type: str, body: bytes
+) -> None:
+    """A 2xx that is not one JSON-RPC response becomes -32603 for the request id."""
+    backend = ScriptedBackend(
+        replies=[json_reply(status, body, {"content-type": content_type})]
+    )
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_LIST))
+        events = await path.settle()
+    message = json.loads(response.body)
+    assert response.status == 200
+    assert message["id"] == 13
+    assert message["error"]["code"] == -32603
+    assert message["error"]["data"]["reason"] == "backend_invalid_response"
+    assert "Output" not in response.body.decode()
+    assert [e.reason for e in events if isinstance(e, BackendFailed)] == [
+        "backend_invalid_response"
+    ]
+
+
+@pytest.mark.anyio
+async def test_forward_backend_5xx_tool_call_is_error_result() -> None:
+    """A backend 502 page for tools/call becomes an isError result in HTTP 200."""
+    page = json_reply(
+        502, b"<html>bad gateway at b1.internal</html>", {"content-type": "text/html"}
+    )
+    backend = ScriptedBackend(replies=[page])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_CALL))
+        await path.settle()
+        failed = failures(path)
+    message = json.loads(response.body)
+    assert response.status == 200
+    assert message["id"] == 9
+    assert message["result"]["isError"] is True
+    assert message["result"]["content"][0]["text"] == "backend employees unavailable"
+    assert response.reason == "backend_unavailable"
+    assert "internal" not in response.body.decode()
+    assert [event.detail for event in failed] == ["HTTP 502"]
+
+
+@pytest.mark.anyio
+async def test_forward_connection_refused_jsonrpc_error() -> None:
+    """An unreachable backend gives resources/read a JSON-RPC error in HTTP 200."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with data_path(url=f"http://127.0.0.1:{port}/mcp") as path:
+        ctx = make_context(path.runtime, message=RESOURCES_READ)
+        response = await forward(ctx)
+        notification = await forward(make_context(path.runtime, message=INITIALIZED))
+        await path.settle()
+        failed = failures(path)
+    message = json.loads(response.body)
+    assert response.status == 200
+    assert message["id"] == 10
+    assert message["error"]["code"] == -32603
+    assert message["error"]["message"] == "backend employees unavailable"
+    assert message["error"]["data"]["reason"] == "backend_unavailable"
+    assert str(port) not in response.body.decode()
+    assert BACKEND_STATUS not in ctx.attributes
+    assert notification.status == 502
+    assert [event.reason for event in failed] == ["backend_unavailable"] * 2
+
+
+@pytest.mark.anyio
+async def test_forward_slow_backend_times_out() -> None:
+    """Headers later than the backend timeout give reason backend_timeout."""
+    backend = ScriptedBackend(replies=[slow_reply(0.5)])
+    async with data_path(backend, timeout=0.2) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_LIST))
+    message = json.loads(response.body)
+    assert message["id"] == 13
+    assert message["error"]["data"]["reason"] == "backend_timeout"
+
+
+@pytest.mark.anyio
+async def test_forward_backend_401_recorded_not_relayed() -> None:
+    """A backend 401 is recorded for the exchange stage; its challenge stays inside."""
+    challenge = 'Bearer resource_metadata="http://b1.internal/.well-known/x"'
+    backend = ScriptedBackend(
+        replies=[json_reply(401, b"", {"www-authenticate": challenge})]
+    )
+    async with data_path(backend) as path:
+        ctx = make_context(path.runtime, message=TOOLS_LIST)
+        response = await forward(ctx)
+    assert ctx.attributes[BACKEND_STATUS] == 401
+    assert ctx.attributes[BACKEND_CHALLENGE] == challenge
+    assert response.status == 200
+    assert "www-authenticate" not in response.headers
+    assert (
+        json.loads(response.body)["error"]["data"]["reason"] == "backend_unauthorized"
+    )
+
+
+@pytest.mark.anyio
+async def test_forward_backend_jsonrpc_error_relayed_with_client_id() -> None:
+    """A backend 400 carrying a JSON-RPC error reaches the client as that error."""
+    error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32602, "message": "bad"}}
+    backend = ScriptedBackend(replies=[json_reply(400, error)])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_LIST))
+    assert response.status == 200
+    assert json.loads(response.body) == {**error, "id": 13}
+
+
+@pytest.mark.anyio
+async def test_forward_backend_429_retry_after_in_data() -> None:
+    """A backend 429 gives reason backend_rate_limited with data.retry_after."""
+    backend = ScriptedBackend(replies=[json_reply(429, b"", {"retry-after": "7"})])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_LIST))
+    data = json.loads(response.body)["error"]["data"]
+    assert data["reason"] == "backend_rate_limited"
+    assert data["retry_after"] == 7
+
+
+@pytest.mark.anyio
+async def test_forward_sse_relayed_before_backend_finishes() -> None:
+    """The first event reaches the gateway before the backend sends the rest."""
+    gate = anyio.Event()
+    progress = (
+        b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n'
+    )
+    result = b'data: {"jsonrpc":"2.0","id":9,"result":{"content":[]}}\n\n'
+    backend = ScriptedBackend(
+        replies=[
+            sse_reply([progress, result], gate=gate, headers={"set-cookie": "x=1"})
+        ]
+    )
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_CALL))
+        assert response.stream is not None
+        iterator = response.stream.__aiter__()
+        with anyio.fail_after(2):
+            first = await iterator.__anext__()
+        gate.set()
+        rest = b"".join([chunk async for chunk in iterator])
+    assert first == progress
+    assert rest == result
+    assert response.headers["content-type"] == "text/event-stream"
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    assert "set-cookie" not in response.headers
+
+
+@pytest.mark.anyio
+async def test_forward_sse_reset_mid_stream_raises_and_reports() -> None:
+    """A backend that drops the connection mid-stream ends the relay with an error."""
+    event = b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n'
+    backend = ScriptedBackend(replies=[sse_reply([event], fail_after=True)])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_CALL))
+        received: list[bytes] = []
+        with pytest.raises(UpstreamStreamError):
+            assert response.stream is not None
+            async for chunk in response.stream:
+                received.append(chunk)
+        await path.settle()
+        failed = failures(path)
+    assert received == [event]
+    assert [event.reason for event in failed] == ["backend_stream_failed"]
+
+
+@pytest.mark.anyio
+async def test_forward_stream_closed_unread_releases_upstream() -> None:
+    """Running on_close on a stream never read closes the upstream response."""
+    gate = anyio.Event()
+    backend = ScriptedBackend(
+        replies=[sse_reply([b"data: 1\n\n", b"data: 2\n\n"], gate=gate)]
+    )
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_CALL))
+        for callback in response.on_close:
+            await callback(None)  # type: ignore[arg-type]
+        assert response.stream is not None
+        assert [chunk async for chunk in response.stream] == []
+        gate.set()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("reply", "expected_status"),
+    [
+        (json_reply(405, b"", {"allow": "POST, DELETE"}), 405),
+        (json_reply(200, b"<html></html>", {"content-type": "text/html"}), 405),
+        (json_reply(503, b""), 502),
+    ],
+)
+async def test_forward_get_without_stream_answers_405(
+    reply: Any, expected_status: int
+) -> None:
+    """A backend that offers no GET stream gives 405 with Allow; an outage 502."""
+    backend = ScriptedBackend(replies=[reply])
+    async with data_path(backend) as path:
+        response = await forward(
+            make_context(
+                path.runtime, method="GET", headers={"accept": "text/event-stream"}
+            )
+        )
+    assert response.status == expected_status
+    if expected_status == 405:
+        assert response.headers["allow"] == "POST, DELETE"
+    assert backend.received[0].headers["accept"] == "text/event-stream"
+
+
+@pytest.mark.anyio
+async def test_forward_get_stream_relayed() -> None:
+    """A backend GET event stream is relayed as a stream."""
+    backend = ScriptedBackend(replies=[sse_reply([b": open\n\n"])])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, method="GET"))
+        body = await body_of(response)
+    assert response.status == 200
+    assert body == b": open\n\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [200, 204, 404, 405])
+async def test_forward_delete_tolerates_404_and_405(status: int) -> None:
+    """A backend DELETE status of 2xx, 404 or 405 becomes 204 at the gateway."""
+    backend = ScriptedBackend(replies=[json_reply(status, b"")])
+    async with data_path(backend) as path:
+        ctx = make_context(path.runtime, method="DELETE")
+        ctx.provide(
+            BACKEND_SESSION,
+            BackendSession(gateway_session_id="g", backend_session_id="b"),
+        )
+        response = await forward(ctx)
+    assert response.status == 204
+    assert backend.received[0].method == "DELETE"
+    assert backend.received[0].headers["mcp-session-id"] == "b"
