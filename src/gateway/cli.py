@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    configure_logging(json=args.log_format == "json" if args.log_format else None)
+    quiet = args.command == "demo" and args.check
+    configure_logging(
+        json=args.log_format == "json" if args.log_format else None,
+        level="WARNING" if quiet else "INFO",
+    )
     if args.command == "check":
         return _check(args.config)
     configure_tracing()

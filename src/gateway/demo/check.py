@@ -7,6 +7,7 @@ says should happen. The audit file is checked last.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,10 @@ async def _cursor_partners(stack: DemoStack) -> StepResult:
 
 async def _claude_code_partners_refused(stack: DemoStack) -> StepResult:
     name = "claude-code is refused sign-in for partners"
+    # The SDK logs the refused sign-in with a traceback; here it is expected.
+    sdk_log = logging.getLogger("mcp.client.auth")
+    level = sdk_log.level
+    sdk_log.setLevel(logging.CRITICAL)
     try:
         await run_client(stack.mcp_url("partners"), client_name="claude-code", calls=[])
     except SignInRefused as exc:
@@ -104,6 +109,8 @@ async def _claude_code_partners_refused(stack: DemoStack) -> StepResult:
         return StepResult(name, ok, f"refused with {exc.error}: {exc.description}")
     except Exception as exc:
         return StepResult(name, False, _describe(exc))
+    finally:
+        sdk_log.setLevel(level)
     return StepResult(name, False, "the sign-in succeeded, but policy forbids it")
 
 

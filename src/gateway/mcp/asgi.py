@@ -106,6 +106,7 @@ async def send_body(
 class _StreamState:
     bytes_sent: int = 0
     finished: bool = False
+    exhausted: bool = False
     disconnected: bool = False
     error: str | None = None
 
@@ -155,12 +156,14 @@ async def send_stream(
                 await aclose_stream(stream)
             except Exception:
                 log.exception("mcp.stream_close_failed")
-    if state.disconnected:
+    if state.disconnected and not (state.exhausted and state.error is None):
         return StreamOutcome(
             completed=False, bytes_sent=state.bytes_sent, error=CLIENT_DISCONNECTED
         )
+    # A client that leaves right after the last event, before the closing
+    # empty chunk, still received the whole stream.
     return StreamOutcome(
-        completed=state.finished and state.error is None,
+        completed=(state.finished or state.exhausted) and state.error is None,
         bytes_sent=state.bytes_sent,
         error=state.error,
     )
@@ -192,6 +195,7 @@ async def _pump(
                 state.disconnected = True
                 return
             state.bytes_sent += len(chunk)
+        state.exhausted = True
     except UpstreamStreamError as exc:
         state.error = str(exc)
     except Exception as exc:

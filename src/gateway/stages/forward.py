@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import httpx
+import msgspec
 import structlog
 
 from gateway.context import RequestContext
@@ -25,6 +26,7 @@ from gateway.mcp.backend import UpstreamStreamError
 from gateway.mcp.headers import EVENT_STREAM, JSON
 from gateway.mcp.jsonrpc import INTERNAL_ERROR, decode, encode, read_response_envelope
 from gateway.mcp.response import SSE_HEADERS, GatewayResponse, jsonrpc_error_response
+from gateway.mcp.sse import SseParser
 from pipeline import BaseStage, Next
 
 log = structlog.get_logger("gateway.stages.forward")
@@ -237,7 +239,12 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
                 ctx, "backend_stream_failed", type(exc).__name__, exc
             )
 
-        relay = RelayStream(upstream, report_failure)
+        answers = (
+            ctx.message.id
+            if ctx.message is not None and ctx.message.kind == "request"
+            else NO_REQUEST
+        )
+        relay = RelayStream(upstream, report_failure, answers=answers)
 
         async def close_upstream(_outcome: Any) -> None:
             await relay.aclose()
@@ -298,8 +305,18 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
         )
 
 
+NO_REQUEST: Any = object()
+"""``answers`` value of a stream that answers no request (the GET stream)."""
+
+
 class RelayStream:
     """The body of a backend response, relayed chunk by chunk as it arrives.
+
+    When the stream answers a request (``answers`` is its JSON-RPC id), the
+    stream ends right after the chunk that completes the response event for
+    that id, even if the backend keeps its side open: a POST's stream carries
+    one response and should close after it. :attr:`answered` records whether
+    that response went through.
 
     :meth:`aclose` closes the upstream response and is safe to call more than
     once, also before iteration started, which an async generator could not
@@ -311,20 +328,29 @@ class RelayStream:
         self,
         upstream: httpx.Response,
         on_error: Callable[[Exception], Awaitable[None]],
+        *,
+        answers: Any = NO_REQUEST,
     ) -> None:
         self._upstream = upstream
         self._chunks = upstream.aiter_bytes()
         self._on_error = on_error
         self._closed = False
+        self._answers = answers
+        self._parser = SseParser() if answers is not NO_REQUEST else None
+        self.answered = False
 
     def __aiter__(self) -> RelayStream:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._closed:
+        if self._closed or self.answered:
+            await self.aclose()
             raise StopAsyncIteration
         try:
-            return await self._chunks.__anext__()
+            chunk = await self._chunks.__anext__()
+            if self._parser is not None:
+                self.answered = self._completes_answer(chunk)
+            return chunk
         except StopAsyncIteration:
             await self.aclose()
             raise
@@ -333,6 +359,23 @@ class RelayStream:
             await self._on_error(exc)
             msg = f"the backend stream failed: {type(exc).__name__}"
             raise UpstreamStreamError(msg) from exc
+
+    def _completes_answer(self, chunk: bytes) -> bool:
+        assert self._parser is not None
+        for event in self._parser.feed(chunk):
+            if event.data is None or '"id"' not in event.data:
+                continue
+            try:
+                message = decode(event.data.encode())
+            except msgspec.DecodeError:
+                continue
+            if (
+                isinstance(message, dict)
+                and ("result" in message or "error" in message)
+                and _same_id(message.get("id"), self._answers)
+            ):
+                return True
+        return False
 
     async def aclose(self) -> None:
         """Close the upstream response; later iteration ends at once."""
@@ -343,6 +386,11 @@ class RelayStream:
             await self._chunks.aclose()  # type: ignore[attr-defined]
         finally:
             await self._upstream.aclose()
+
+
+def _same_id(a: Any, b: Any) -> bool:
+    # 1 and "1" are different ids, and True == 1 in Python.
+    return type(a) is type(b) and a == b
 
 
 def upstream_headers(
