@@ -5,7 +5,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from gateway.config import AgentConfig, GatewayConfig, ToolRules
-from gateway.facts import AgentIdentity
+from gateway.facts import AgentIdentity, TrustLevel
 
 DEFAULT_AGENT = "default"
 
@@ -32,7 +32,7 @@ class AgentResolver:
         """
         for name, agent in self.config.agents.items():
             if client_id in agent.match.client_ids:
-                trust = "verified" if authenticated else "self-asserted"
+                trust: TrustLevel = "verified" if authenticated else "self-asserted"
                 return AgentIdentity(
                     id=name, verified=authenticated, trust=trust, client_id=client_id
                 )

@@ -20,6 +20,7 @@ from gateway.audit.config import AuditConfig, JsonlSinkConfig, StdoutSinkConfig
 from gateway.audit.sinks import JsonlSink, StdoutSink
 from gateway.chains import instantiate, plan_backend_chains
 from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
 from gateway.events import ResponseCompleted
 from gateway.exchange.service import CredentialService
 from gateway.mcp.backend import BackendClient
@@ -86,13 +87,17 @@ async def open_gateway(
         http=http,
     )
     grants = GrantStore(store, upstream)
+    key_path = var_path(config, config.signing.key_file)
+    try:
+        keys = SigningKeys.load_or_create(key_path, config.signing.algorithm)
+    except (ValueError, OSError) as exc:
+        await http.aclose()
+        raise ConfigError([f"signing.key_file: cannot use {key_path}: {exc}"]) from exc
     runtime = Runtime(
         config=config,
         store=store,
         bus=bus,
-        keys=SigningKeys.load_or_create(
-            var_path(config, config.signing.key_file), config.signing.algorithm
-        ),
+        keys=keys,
         grants=grants,
         upstream=upstream,
         sessions=SessionStore(store),

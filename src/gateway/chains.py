@@ -100,10 +100,12 @@ def plan_backend_chains(
     warnings: list[str] = []
     plans: dict[str, BackendChainPlan] = {}
     default_result: ChainPlan | ChainConfigError | None = None
+    used: set[str] = set()
 
     for name, backend in config.backends.items():
         own = backend.pipeline is not None
-        refs = backend.pipeline if own else config.pipeline
+        refs = backend.pipeline if backend.pipeline is not None else config.pipeline
+        used.update(refs)
         source = f"backends.{name}.pipeline" if own else "pipeline"
         given = ANONYMOUS_FACTS if backend.anonymous else frozenset()
         if backend.anonymous and not isinstance(backend.auth, NoAuth):
@@ -116,7 +118,12 @@ def plan_backend_chains(
         else:
             try:
                 result = plan_chain(
-                    refs, registry, config.stages, path=source, given=given
+                    refs,
+                    registry,
+                    config.stages,
+                    path=source,
+                    given=given,
+                    check_unused_settings=False,
                 )
             except ChainConfigError as exc:
                 result = exc
@@ -125,12 +132,19 @@ def plan_backend_chains(
         if isinstance(result, ChainConfigError):
             problems.extend(p for p in result.problems if p not in problems)
             continue
-        if "audit" not in refs and f"{source}: no audit" not in warnings:
-            warnings.append(
-                f'{source}: the chain has no "audit" stage, so its requests are not '
-                'audited; add "audit" as the first stage'
-            )
+        warning = (
+            f'{source}: the chain has no "audit" stage, so its requests are not '
+            'audited; add "audit" as the first stage'
+        )
+        if "audit" not in refs and warning not in warnings:
+            warnings.append(warning)
         plans[name] = BackendChainPlan(name, source, result, backend.anonymous)
+    for key in config.stages:
+        if key not in used:
+            problems.append(
+                f"stages.{key}: settings for a stage that no chain uses; add "
+                f"{key!r} to a pipeline or remove these settings"
+            )
     if problems:
         raise ConfigError(problems)
     return plans, warnings

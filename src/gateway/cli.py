@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def _run(path: Path) -> int:
         return 1
 
     async def serve() -> None:
-        async with open_gateway(config) as gateway:
+        async with open_gateway(config) as gateway, anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
             await serve_app(
                 gateway.asgi,
                 config.server.host,
@@ -163,7 +165,9 @@ def _demo(*, check: bool, var_dir: Path, ephemeral: bool) -> int:
                 ok = await check_demo(stack)
                 print("demo check passed" if ok else "demo check FAILED")
                 return 0 if ok else 1
-            await anyio.sleep_forever()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_stop_on_signal, tg.cancel_scope)
+                await anyio.sleep_forever()
         return 0
 
     try:
@@ -173,6 +177,15 @@ def _demo(*, check: bool, var_dir: Path, ephemeral: bool) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` on SIGTERM or SIGINT, so shutdown drains the audit journal."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("gateway.stopping", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return
 
 
 def _print_banner(stack: object) -> None:

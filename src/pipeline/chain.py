@@ -96,6 +96,7 @@ def plan_chain(
     path: str = "pipeline",
     settings_path: str = "stages",
     given: frozenset[str] = frozenset(),
+    check_unused_settings: bool = True,
 ) -> ChainPlan:
     """Validate a chain declaration and decode each stage's settings.
 
@@ -106,6 +107,9 @@ def plan_chain(
         path: The YAML path of ``refs``, used as the prefix of messages.
         settings_path: The YAML path of ``settings``.
         given: Facts the host provides before the chain runs.
+        check_unused_settings: Report settings for references that are not in
+            the chain; hosts that share ``settings`` between several chains
+            turn this off and check the union themselves.
 
     Returns:
         The validated plan.
@@ -154,7 +158,7 @@ def plan_chain(
 
     problems.extend(_check_facts(refs, resolved, registry, path, given))
     problems.extend(_check_terminal(refs, resolved, registry, path))
-    for key in settings:
+    for key in settings if check_unused_settings else ():
         if key not in first_seen:
             problems.append(
                 f"{settings_path}.{key}: settings for a stage that is not in "

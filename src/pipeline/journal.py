@@ -6,7 +6,7 @@ import itertools
 import os
 from collections import deque
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import anyio
 
@@ -49,7 +49,7 @@ class Journal:
         """The number of entries not yet acknowledged."""
         return len(self._pending)
 
-    def _open(self):  # type: ignore[no-untyped-def]
+    def _open(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         committed = 0
         if self._offset_path.exists():

@@ -34,12 +34,16 @@ def run_demo_check(var_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+def demo_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     var_dir = tmp_path_factory.mktemp("demo-var")
     return run_demo_check(var_dir), var_dir
 
 
-def test_demo_check_exits_zero(demo_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+def test_demo_check_exits_zero(
+    demo_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
     """``agent-proxy demo --check`` passes every step and exits 0."""
     result, _ = demo_run
     assert result.returncode == 0, result.stdout + result.stderr
@@ -55,9 +59,19 @@ def test_demo_check_audit_events_carry_context(
     _, var_dir = demo_run
     lines = (var_dir / "audit.jsonl").read_bytes().splitlines()
     events = [msgspec.json.decode(line) for line in lines if line]
-    chain_events = [e for e in events if e.get("stage") in {
-        "audit", "authenticate", "identify_agent", "authorize", "exchange", "session"
-    }]
+    chain_events = [
+        e
+        for e in events
+        if e.get("stage")
+        in {
+            "audit",
+            "authenticate",
+            "identify_agent",
+            "authorize",
+            "exchange",
+            "session",
+        }
+    ]
     assert chain_events
     for event in chain_events:
         for name in COMMON_FIELDS:
@@ -65,7 +79,8 @@ def test_demo_check_audit_events_carry_context(
         assert event["request_id"]
         assert event["trace_id"] is None or len(event["trace_id"]) == 32
     calls = [
-        e for e in chain_events
+        e
+        for e in chain_events
         if e["type"] == "ResponseCompleted" and e["method"] == "tools/call"
     ]
     assert calls
@@ -94,7 +109,9 @@ def test_demo_check_exchange_cache_visible(
         if line
     ]
     exchanges = [
-        e for e in events if e["type"] == "TokenExchanged" and e["auth_kind"] == "id-jag"
+        e
+        for e in events
+        if e["type"] == "TokenExchanged" and e["auth_kind"] == "id-jag"
     ]
     caches = [e["cache"] for e in exchanges]
     assert "miss" in caches

@@ -52,7 +52,8 @@ def load_config_text(
     if problems:
         raise ConfigError(problems)
     try:
-        config = msgspec.convert(raw, GatewayConfig, str_keys=True)
+        # strict=False lets "${PORT}" (a string after interpolation) fill an int.
+        config = msgspec.convert(raw, GatewayConfig, str_keys=True, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError([_with_path(exc, raw)]) from exc
     problems.extend(_check_semantics(config))
@@ -126,6 +127,8 @@ def _check_semantics(config: GatewayConfig) -> list[str]:
     problems: list[str] = []
     problems.extend(_check_url("server.public_url", config.server.public_url))
     problems.extend(_check_url("upstream.issuer", config.upstream.issuer))
+    if not config.backends:
+        problems.append("backends: no backend is configured; add at least one")
     paths: dict[str, str] = {}
     for name, backend in config.backends.items():
         where = f"backends.{name}"

@@ -21,7 +21,7 @@ class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     pass
 
 
-class ServerConfig(_Config):
+class ServerConfig(_Config, frozen=True):
     """Where the gateway listens and how it is reached."""
 
     public_url: str
@@ -40,7 +40,7 @@ class ServerConfig(_Config):
     """Directory for runtime state: signing keys, journals, audit files."""
 
 
-class UpstreamConfig(_Config):
+class UpstreamConfig(_Config, frozen=True):
     """The upstream OIDC IdP (Okta org or the dev IdP) the gateway signs users in at."""
 
     issuer: str
@@ -59,7 +59,7 @@ class UpstreamConfig(_Config):
     """Scopes requested at sign-in; ``offline_access`` yields a refresh token."""
 
 
-class SigningConfig(_Config):
+class SigningConfig(_Config, frozen=True):
     """Keys and lifetimes of the tokens the gateway issues."""
 
     key_file: str = "keys/signing.jwk.json"
@@ -70,11 +70,9 @@ class SigningConfig(_Config):
     """Access token lifetime in seconds."""
     refresh_token_ttl: int = 8 * 3600
     """Refresh token lifetime in seconds."""
-    leeway: int = 30
-    """Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds."""
 
 
-class ToolRules(_Config):
+class ToolRules(_Config, frozen=True):
     """Which tools of one backend an agent may call. Patterns are fnmatch globs."""
 
     allow: list[str] = msgspec.field(default_factory=lambda: ["*"])
@@ -83,7 +81,7 @@ class ToolRules(_Config):
     """Tools denied even when allowed; deny wins."""
 
 
-class AgentMatch(_Config):
+class AgentMatch(_Config, frozen=True):
     """How OAuth clients are recognised as this agent."""
 
     client_name: str | None = None
@@ -92,7 +90,7 @@ class AgentMatch(_Config):
     """Exact client ids."""
 
 
-class AgentConfig(_Config):
+class AgentConfig(_Config, frozen=True):
     """Policy for one agent, such as ``cursor`` or ``claude-code``."""
 
     match: AgentMatch = msgspec.field(default_factory=AgentMatch)
@@ -103,7 +101,7 @@ class AgentConfig(_Config):
     """Tool rules per backend name; a backend not listed allows every tool."""
 
 
-class DefaultAgentConfig(_Config):
+class DefaultAgentConfig(_Config, frozen=True):
     """Policy for clients that match no configured agent."""
 
     backends: list[str] = msgspec.field(default_factory=list)
@@ -112,7 +110,7 @@ class DefaultAgentConfig(_Config):
     """Tool rules per backend name."""
 
 
-class StaticKeyAuth(_Config, tag="static-key", tag_field="kind"):
+class StaticKeyAuth(_Config, frozen=True, tag="static-key", tag_field="kind"):
     """A fixed credential sent in one header."""
 
     value: str
@@ -123,18 +121,18 @@ class StaticKeyAuth(_Config, tag="static-key", tag_field="kind"):
     """Text put before the value, such as ``"Bearer "``."""
 
 
-class BasicAuth(_Config, tag="basic", tag_field="kind"):
+class BasicAuth(_Config, frozen=True, tag="basic", tag_field="kind"):
     """HTTP Basic credentials."""
 
     username: str
     password: str
 
 
-class NoAuth(_Config, tag="none", tag_field="kind"):
+class NoAuth(_Config, frozen=True, tag="none", tag_field="kind"):
     """No backend credential."""
 
 
-class IdJagAuth(_Config, tag="id-jag", tag_field="kind"):
+class IdJagAuth(_Config, frozen=True, tag="id-jag", tag_field="kind"):
     """Okta Cross App Access: an ID-JAG token exchange, then the JWT-bearer grant."""
 
     issuer: str
@@ -160,7 +158,7 @@ class IdJagAuth(_Config, tag="id-jag", tag_field="kind"):
 BackendAuth = StaticKeyAuth | BasicAuth | NoAuth | IdJagAuth
 
 
-class BackendConfig(_Config):
+class BackendConfig(_Config, frozen=True):
     """One backend MCP server behind the gateway."""
 
     path: str
@@ -179,7 +177,7 @@ class BackendConfig(_Config):
     """Pooled connections to this backend."""
 
 
-class GatewayConfig(_Config):
+class GatewayConfig(_Config, frozen=True):
     """The whole gateway configuration file."""
 
     server: ServerConfig
@@ -193,5 +191,3 @@ class GatewayConfig(_Config):
     pipeline: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PIPELINE))
     stages: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """Settings per stage reference, validated by each stage's own Struct."""
-    dev_idp: bool = False
-    """Whether ``agent-proxy demo`` runs the embedded dev IdP for this config."""

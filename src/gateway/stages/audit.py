@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from gateway.audit.config import AuditConfig
 from gateway.context import RequestContext
-from gateway.events import AgentRef, ResponseCompleted, UserRef
+from gateway.events import AgentRef, Outcome, ResponseCompleted, UserRef
 from gateway.facts import AGENT, PRINCIPAL, AgentIdentity, Principal
 from gateway.mcp.response import GatewayResponse, StreamOutcome
 from pipeline import BaseStage, Next
@@ -70,6 +70,7 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
     ) -> None:
         principal: Principal | None = ctx.get_fact(PRINCIPAL)
         agent: AgentIdentity | None = ctx.get_fact(AGENT)
+        outcome: Outcome
         if status >= 500 or error:
             outcome = "error"
         elif status in (401, 403) or reason in ("tool_denied",):

@@ -104,3 +104,19 @@ def test_config_demo_file_valid() -> None:
     config = load_config(Path("config/gateway.yaml"), env={})
     assert config.server.public_url == "http://127.0.0.1:8000"
     assert set(config.backends) == {"employees", "partners"}
+
+
+def test_config_env_var_fills_number_field() -> None:
+    """``${PORT}`` fills an int field once converted."""
+    text = BASE.replace(
+        'public_url: "http://127.0.0.1:8000"',
+        'public_url: "http://127.0.0.1:8000", port: "${PORT}"',
+    )
+    config = load_config_text(text, env={"SECRET": "s", "PORT": "8123"})
+    assert config.server.port == 8123
+
+
+def test_config_without_backends_rejected() -> None:
+    """A gateway with nothing behind it is a config error."""
+    text = BASE.split("backends:")[0] + "backends: {}\n"
+    assert "backends: no backend is configured; add at least one" in problems(text)
