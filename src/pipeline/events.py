@@ -62,5 +62,7 @@ def event_union(base: type[Event]) -> Any:
         if cls not in classes:
             classes.append(cls)
         pending.extend(cls.__subclasses__())
-    concrete = [cls for cls in classes if not getattr(cls, "__abstract_event__", False)]
+    # The marker is looked up on the class itself: subclasses of an abstract
+    # event are concrete unless they set it again.
+    concrete = [c for c in classes if not c.__dict__.get("__abstract_event__", False)]
     return Union[tuple(concrete)]  # noqa: UP007 - built at run time

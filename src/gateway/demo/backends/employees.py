@@ -162,6 +162,7 @@ def create_employees_app(
     authorization_server: str,
     jwks_url: str,
     allowed_hosts: Sequence[str] = (),
+    json_response: bool = False,
 ) -> Starlette:
     """Return the employees MCP server as an ASGI app serving ``/mcp``.
 
@@ -171,6 +172,8 @@ def create_employees_app(
         authorization_server: Issuer of the tokens it accepts.
         jwks_url: JWK Set URL of that issuer.
         allowed_hosts: ``Host`` values to accept besides loopback.
+        json_response: Answer each POST with one JSON body instead of an event
+            stream. Progress and log messages are then not sent.
     """
     verifier = JwtAccessTokenVerifier(
         issuer=authorization_server, audience=resource, jwks_url=jwks_url
@@ -184,7 +187,8 @@ def create_employees_app(
     )
     server = _build_server(verifier, auth)
     app = server.streamable_http_app(
-        transport_security=transport_security(allowed_hosts)
+        transport_security=transport_security(allowed_hosts),
+        json_response=json_response,
     )
     session_lifespan = app.router.lifespan_context
 

@@ -167,6 +167,7 @@ def create_partners_app(
     api_key: str,
     header: str = "X-Api-Key",
     allowed_hosts: Sequence[str] = (),
+    json_response: bool = False,
 ) -> ASGIApp:
     """Return the partners MCP server as an ASGI app serving ``/mcp``.
 
@@ -174,8 +175,11 @@ def create_partners_app(
         api_key: The API key every HTTP request must carry.
         header: Name of the header carrying the key.
         allowed_hosts: ``Host`` values to accept besides loopback.
+        json_response: Answer each POST with one JSON body instead of an event
+            stream. Progress and log messages are then not sent.
     """
     app = _build_server().streamable_http_app(
-        transport_security=transport_security(allowed_hosts)
+        transport_security=transport_security(allowed_hosts),
+        json_response=json_response,
     )
     return ApiKeyMiddleware(app, api_key=api_key, header=header)
