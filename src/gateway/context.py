@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from gateway.facts import AGENT, PRINCIPAL
 from pipeline import Context
 
 if TYPE_CHECKING:
@@ -57,6 +58,31 @@ class RequestContext(Context):
         "started",
         "tool",
     )
+
+    def event_fields(self, stage: str) -> dict[str, Any]:
+        """Return the fields every event about this request carries.
+
+        ``user`` and ``agent`` come from the ``principal`` and ``agent`` facts
+        and are None while those facts are not provided yet.
+        """
+        from gateway.events import AgentRef, UserRef
+
+        principal = self.facts.get(PRINCIPAL)
+        agent = self.facts.get(AGENT)
+        user = UserRef(iss=principal.iss, sub=principal.sub) if principal else None
+        return {
+            "request_id": self.request_id,
+            "stage": stage,
+            "user": user,
+            "agent": (
+                AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust)
+                if agent
+                else None
+            ),
+            "backend": self.backend_name,
+            "method": self.mcp_method,
+            "tool": self.tool,
+        }
 
     def __init__(
         self,

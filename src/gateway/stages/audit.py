@@ -7,8 +7,7 @@ from typing import ClassVar
 
 from gateway.audit.config import AuditConfig
 from gateway.context import RequestContext
-from gateway.events import AgentRef, Outcome, ResponseCompleted, UserRef
-from gateway.facts import AGENT, PRINCIPAL, AgentIdentity, Principal
+from gateway.events import Outcome, ResponseCompleted
 from gateway.mcp.response import GatewayResponse, StreamOutcome
 from pipeline import BaseStage, Next
 
@@ -68,8 +67,6 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
         reason: str | None,
         error: str | None,
     ) -> None:
-        principal: Principal | None = ctx.get_fact(PRINCIPAL)
-        agent: AgentIdentity | None = ctx.get_fact(AGENT)
         outcome: Outcome
         if status >= 500 or error:
             outcome = "error"
@@ -81,19 +78,7 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
             outcome = "success"
         await ctx.runtime.publish(
             ResponseCompleted(
-                request_id=ctx.request_id,
-                stage=self.name,
-                user=UserRef(iss=principal.iss, sub=principal.sub)
-                if principal
-                else None,
-                agent=(
-                    AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust)
-                    if agent
-                    else None
-                ),
-                backend=ctx.backend_name,
-                method=ctx.mcp_method,
-                tool=ctx.tool,
+                **ctx.event_fields(self.name),
                 outcome=outcome,
                 reason=reason if reason else error,
                 status=status,

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from gateway.context import RequestContext
-from gateway.events import AccessDenied, AccessGranted, AgentRef, ToolsFiltered, UserRef
+from gateway.events import AccessDenied, AccessGranted, ToolsFiltered
 from gateway.facts import AGENT, DECISION, PRINCIPAL, AgentIdentity, Decision, Principal
 from gateway.mcp.response import GatewayResponse, jsonrpc_error_response
 from gateway.mcp.sse import transform_messages
@@ -100,13 +100,7 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
         )
         await ctx.runtime.publish(
             AccessGranted(
-                request_id=ctx.request_id,
-                stage=self.name,
-                user=UserRef(iss=principal.iss, sub=principal.sub),
-                agent=AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
-                backend=backend,
-                method=ctx.mcp_method,
-                tool=ctx.tool,
+                **ctx.event_fields(self.name),
                 rule=rule,
             )
         )
@@ -125,13 +119,7 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
     ) -> None:
         await ctx.runtime.publish(
             AccessDenied(
-                request_id=ctx.request_id,
-                stage=self.name,
-                user=UserRef(iss=principal.iss, sub=principal.sub),
-                agent=AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
-                backend=ctx.backend_name,
-                method=ctx.mcp_method,
-                tool=ctx.tool,
+                **ctx.event_fields(self.name),
                 outcome="denied",
                 reason=reason,
                 detail=detail,
@@ -170,14 +158,7 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
             if removed:
                 await ctx.runtime.publish(
                     ToolsFiltered(
-                        request_id=ctx.request_id,
-                        stage=self.name,
-                        user=UserRef(iss=principal.iss, sub=principal.sub),
-                        agent=AgentRef(
-                            id=agent.id, verified=agent.verified, trust=agent.trust
-                        ),
-                        backend=ctx.backend_name,
-                        method=ctx.mcp_method,
+                        **ctx.event_fields(self.name),
                         removed=sorted(set(removed)),
                     )
                 )

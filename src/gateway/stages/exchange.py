@@ -9,7 +9,7 @@ import structlog
 
 from gateway.context import RequestContext
 from gateway.errors import ExchangeError, UpstreamError
-from gateway.events import AgentRef, ExchangeFailed, TokenExchanged, UserRef
+from gateway.events import ExchangeFailed, TokenExchanged
 from gateway.exchange.service import ObtainedCredentials
 from gateway.facts import (
     AGENT,
@@ -162,7 +162,7 @@ class ExchangeStage(BaseStage[RequestContext, GatewayResponse]):
         ctx.provide(BACKEND_CREDENTIALS, credentials)
         await ctx.runtime.publish(
             TokenExchanged(
-                **_common(self.name, ctx, principal, agent),
+                **ctx.event_fields(self.name),
                 auth_kind=credentials.kind,
                 cache=credentials.cache,
                 audience=obtained.audience,
@@ -198,7 +198,7 @@ class ExchangeStage(BaseStage[RequestContext, GatewayResponse]):
         )
         await ctx.runtime.publish(
             ExchangeFailed(
-                **_common(self.name, ctx, principal, agent),
+                **ctx.event_fields(self.name),
                 outcome="error",
                 reason=reason,
                 auth_kind=_auth_kind(ctx),
@@ -275,21 +275,6 @@ def _failure_response(
         data=data,
         headers=headers,
     )
-
-
-def _common(
-    stage: str, ctx: RequestContext, principal: Principal, agent: AgentIdentity
-) -> dict[str, Any]:
-    """Return the fields every event of this stage shares."""
-    return {
-        "request_id": ctx.request_id,
-        "stage": stage,
-        "user": UserRef(iss=principal.iss, sub=principal.sub),
-        "agent": AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
-        "backend": ctx.backend_name,
-        "method": ctx.mcp_method,
-        "tool": ctx.tool,
-    }
 
 
 def _auth_kind(ctx: RequestContext) -> str:

@@ -10,17 +10,14 @@ import msgspec
 import structlog
 
 from gateway.context import RequestContext
-from gateway.events import AgentRef, BackendFailed, UserRef
+from gateway.events import BackendFailed
 from gateway.facts import (
-    AGENT,
     BACKEND_CREDENTIALS,
     BACKEND_SESSION,
     DECISION,
     PRINCIPAL,
-    AgentIdentity,
     BackendCredentials,
     BackendSession,
-    Principal,
 )
 from gateway.mcp.backend import UpstreamStreamError
 from gateway.mcp.headers import EVENT_STREAM, JSON
@@ -281,23 +278,9 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
             detail=detail,
             error=str(exc) if exc is not None else None,
         )
-        principal: Principal | None = ctx.get_fact(PRINCIPAL)
-        agent: AgentIdentity | None = ctx.get_fact(AGENT)
         await ctx.runtime.publish(
             BackendFailed(
-                request_id=ctx.request_id,
-                stage=self.name,
-                user=UserRef(iss=principal.iss, sub=principal.sub)
-                if principal
-                else None,
-                agent=(
-                    AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust)
-                    if agent
-                    else None
-                ),
-                backend=ctx.backend_name,
-                method=ctx.mcp_method,
-                tool=ctx.tool,
+                **ctx.event_fields(self.name),
                 outcome="error",
                 reason=reason,
                 detail=detail,

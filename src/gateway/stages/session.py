@@ -12,12 +12,10 @@ import structlog
 
 from gateway.context import RequestContext
 from gateway.events import (
-    AgentRef,
     SessionCreated,
     SessionEnded,
     SessionRejected,
     SessionResumed,
-    UserRef,
 )
 from gateway.facts import (
     AGENT,
@@ -112,7 +110,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         await ctx.runtime.publish(
             SessionResumed(
                 session=session_ref(record.gateway_session_id),
-                **_refs(ctx, self.name, principal, agent),
+                **ctx.event_fields(self.name),
             )
         )
         ctx.provide(BACKEND_SESSION, _fact(record))
@@ -166,7 +164,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             SessionCreated(
                 session=session_ref(record.gateway_session_id),
                 protocol_version=version,
-                **_refs(ctx, self.name, principal, agent),
+                **ctx.event_fields(self.name),
             )
         )
         return response
@@ -190,7 +188,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         await ctx.runtime.publish(
             SessionEnded(
                 session=session_ref(record.gateway_session_id),
-                **_refs(ctx, self.name, principal, agent),
+                **ctx.event_fields(self.name),
             )
         )
         return GatewayResponse(status=204)
@@ -276,7 +274,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
                 detail=detail,
                 outcome="denied",
                 reason=reason,
-                **_refs(ctx, self.name, principal, agent),
+                **ctx.event_fields(self.name),
             )
         )
 
@@ -284,20 +282,6 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
 def session_ref(session_id: str) -> str:
     """Return how events name a session: a SHA-256 prefix, never the id itself."""
     return hashlib.sha256(session_id.encode()).hexdigest()[:16]
-
-
-def _refs(
-    ctx: RequestContext, stage: str, principal: Principal, agent: AgentIdentity
-) -> dict[str, Any]:
-    return {
-        "request_id": ctx.request_id,
-        "stage": stage,
-        "user": UserRef(iss=principal.iss, sub=principal.sub),
-        "agent": AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust),
-        "backend": ctx.backend_name,
-        "method": ctx.mcp_method,
-        "tool": ctx.tool,
-    }
 
 
 def _fact(record: SessionRecord) -> BackendSession:
