@@ -22,7 +22,7 @@ class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class ServerConfig(_Config, frozen=True):
-    """Where the gateway listens and how it is reached."""
+    """The gateway's listening address, public URL and request limits."""
 
     public_url: str
     """External base URL (scheme, host, optional port, no trailing slash)."""
@@ -52,7 +52,7 @@ class UpstreamConfig(_Config, frozen=True):
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
         "client_secret_basic"
     )
-    """How the gateway authenticates at the IdP token endpoint."""
+    """The client authentication method at the IdP token endpoint."""
     scopes: list[str] = msgspec.field(
         default_factory=lambda: ["openid", "profile", "email", "offline_access"]
     )
@@ -73,7 +73,7 @@ class SigningConfig(_Config, frozen=True):
 
 
 class ToolRules(_Config, frozen=True):
-    """Which tools of one backend an agent may call. Patterns are fnmatch globs."""
+    """Allow and deny patterns (fnmatch globs) for one backend's tools."""
 
     allow: list[str] = msgspec.field(default_factory=lambda: ["*"])
     """Tools allowed; a tool must match one pattern."""
@@ -82,7 +82,7 @@ class ToolRules(_Config, frozen=True):
 
 
 class AgentMatch(_Config, frozen=True):
-    """How OAuth clients are recognised as this agent."""
+    """Rules that recognise OAuth clients as this agent."""
 
     client_name: str | None = None
     """Exact DCR ``client_name``; a match gives a self-asserted identity."""
@@ -94,7 +94,7 @@ class AgentConfig(_Config, frozen=True):
     """Policy for one agent, such as ``cursor`` or ``claude-code``."""
 
     match: AgentMatch = msgspec.field(default_factory=AgentMatch)
-    """Which clients this agent is."""
+    """The rules that match this agent's clients."""
     backends: list[str] = msgspec.field(default_factory=list)
     """Backends the agent may use; ``"*"`` allows all."""
     tools: dict[str, ToolRules] = msgspec.field(default_factory=dict)
@@ -148,7 +148,7 @@ class IdJagAuth(_Config, frozen=True, tag="id-jag", tag_field="kind"):
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
         "client_secret_basic"
     )
-    """How the gateway authenticates at the backend authorization server."""
+    """The client authentication method at the backend authorization server."""
     scopes: list[str] = msgspec.field(default_factory=list)
     """Scopes requested for the backend token."""
     refresh_before: int = 60
@@ -166,7 +166,7 @@ class BackendConfig(_Config, frozen=True):
     url: str
     """The backend's own MCP endpoint URL."""
     auth: BackendAuth = msgspec.field(default_factory=NoAuth)
-    """How the gateway authenticates to the backend."""
+    """The credential the gateway sends to the backend."""
     anonymous: bool = False
     """Serve without user sign-in; the chain then needs no security stages."""
     pipeline: list[str] | None = None
