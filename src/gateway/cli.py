@@ -101,7 +101,8 @@ def _load(path: Path) -> GatewayConfig | None:
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:
-    print(f"{path}: invalid configuration ({len(problems)} problems):", file=sys.stderr)
+    count = f"{len(problems)} problem{'' if len(problems) == 1 else 's'}"
+    print(f"{path}: invalid configuration ({count}):", file=sys.stderr)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
 
@@ -128,21 +129,26 @@ def _check(path: Path) -> int:
 
 def _run(path: Path) -> int:
     from gateway.app import open_gateway
-    from gateway.demo.serve import serve_app
+    from gateway.demo.serve import bind_socket, serve_app
 
     config = _load(path)
     if config is None:
+        return 1
+    host, port = config.server.host, config.server.port
+    try:
+        sock = bind_socket(host, port)
+    except OSError as exc:
+        print(
+            f"agent-proxy run: cannot listen on {host}:{port}: {exc.strerror}; "
+            f"stop whatever uses the port or change server.port in {path}",
+            file=sys.stderr,
+        )
         return 1
 
     async def serve() -> None:
         async with open_gateway(config) as gateway, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
-            await serve_app(
-                gateway.asgi,
-                config.server.host,
-                config.server.port,
-                log_level="warning",
-            )
+            await serve_app(gateway.asgi, sock=sock, log_level="warning")
 
     try:
         anyio.run(serve)
@@ -151,6 +157,8 @@ def _run(path: Path) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    finally:
+        sock.close()
     return 0
 
 
@@ -160,7 +168,7 @@ def _demo(*, check: bool, var_dir: Path, ephemeral: bool) -> int:
 
     async def demo() -> int:
         async with run_demo(var_dir=var_dir, ephemeral=ephemeral) as stack:
-            _print_banner(stack)
+            _print_banner(stack, check=check)
             if check:
                 ok = await check_demo(stack)
                 print("demo check passed" if ok else "demo check FAILED")
@@ -188,7 +196,7 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def _print_banner(stack: object) -> None:
+def _print_banner(stack: object, *, check: bool) -> None:
     from gateway.demo.runner import DemoStack
 
     assert isinstance(stack, DemoStack)
@@ -201,8 +209,12 @@ def _print_banner(stack: object) -> None:
         f"  partners   {stack.mcp_url('partners')}  (static key to {urls['partners']})"
     )
     print(f"  audit log  {stack.audit_path}")
-    print("Connect an MCP client to one of the two gateway URLs above; name the")
-    print('client "cursor" (both backends) or "claude-code" (employees only).')
+    if check:
+        print("Checking the demo with the official MCP client:")
+    else:
+        print("Connect an MCP client to one of the two gateway URLs above. Clients")
+        print('registered as "cursor" or "MCP Inspector" may use both backends,')
+        print('"claude-code" only employees. Press Ctrl-C to stop.')
     sys.stdout.flush()
 
 

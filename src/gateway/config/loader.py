@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
-from gateway.config.model import GatewayConfig
+from gateway.config.model import AgentConfig, BackendConfig, GatewayConfig
 from gateway.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -34,6 +34,9 @@ def load_config(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read config file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"{file}: the config file is not UTF-8 text (byte {exc.start})"
+        raise ConfigError([msg]) from exc
     return load_config_text(text, env=env, source=str(file))
 
 
@@ -45,17 +48,24 @@ def load_config_text(
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: invalid YAML: {exc}"]) from exc
+    except RecursionError as exc:
+        msg = f"{source}: invalid YAML: nesting too deep (a recursive alias?)"
+        raise ConfigError([msg]) from exc
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: the top level must be a mapping"])
     problems: list[str] = []
-    raw = _interpolate(raw, os.environ if env is None else env, "", problems)
+    try:
+        raw = _interpolate(raw, os.environ if env is None else env, "", problems)
+    except RecursionError as exc:
+        msg = f"{source}: invalid YAML: nesting too deep (a recursive alias?)"
+        raise ConfigError([msg]) from exc
     if problems:
         raise ConfigError(problems)
     try:
         # strict=False lets "${PORT}" (a string after interpolation) fill an int.
         config = msgspec.convert(raw, GatewayConfig, str_keys=True, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError([_with_path(exc, raw)]) from exc
+        raise ConfigError([_locate(exc, raw)]) from exc
     problems.extend(_check_semantics(config))
     if problems:
         raise ConfigError(problems)
@@ -92,16 +102,46 @@ def _interpolate(
     return value
 
 
-def _with_path(exc: msgspec.ValidationError, raw: Any) -> str:
+_ENTRY_TYPES: dict[str, Any] = {"backends": BackendConfig, "agents": AgentConfig}
+
+
+def _locate(exc: msgspec.ValidationError, raw: Any) -> str:
+    """Describe a validation error with its full YAML path.
+
+    msgspec writes ``[...]`` for a mapping key, so for the named sections the
+    entries are validated one by one to find which key holds the bad value.
+    """
+    text = str(exc)
+    for section, entry_type in _ENTRY_TYPES.items():
+        if f"$.{section}[...]" not in text or not isinstance(raw.get(section), dict):
+            continue
+        for key, entry in raw[section].items():
+            try:
+                msgspec.convert(entry, entry_type, str_keys=True, strict=False)
+            except msgspec.ValidationError as inner:
+                return _with_path(inner, entry, prefix=f"{section}.{key}")
+    return _with_path(exc, raw)
+
+
+def _with_path(exc: msgspec.ValidationError, raw: Any, prefix: str = "") -> str:
     text = str(exc)
     head, sep, where = text.rpartition(" - at `$")
     if not sep:
-        return text
-    yaml_path = where.rstrip("`").lstrip(".")
-    bad = _lookup(raw, yaml_path)
-    shown = (
-        f" (got {bad!r})" if bad is not _MISSING and not isinstance(bad, dict) else ""
-    )
+        return f"{prefix or 'top level'}: {text}"
+    relative = where.rstrip("`").lstrip(".")
+    bad = _lookup(raw, relative)
+    if prefix:
+        relative = f"{prefix}.{relative}" if relative else prefix
+    yaml_path = relative
+    if head.startswith("Invalid value"):
+        # msgspec already quotes the value; say what would be valid instead.
+        shown = ""
+        if yaml_path.endswith("auth.kind"):
+            shown = "; expected one of: basic, id-jag, none, static-key"
+    elif bad is not _MISSING and not isinstance(bad, dict):
+        shown = f" (got {bad!r})"
+    else:
+        shown = ""
     return f"{yaml_path or '<root>'}: {head}{shown}"
 
 
@@ -127,6 +167,8 @@ def _check_semantics(config: GatewayConfig) -> list[str]:
     problems: list[str] = []
     problems.extend(_check_url("server.public_url", config.server.public_url))
     problems.extend(_check_url("upstream.issuer", config.upstream.issuer))
+    for index, origin in enumerate(config.server.allowed_origins):
+        problems.extend(_check_origin(f"server.allowed_origins[{index}]", origin))
     if not config.backends:
         problems.append("backends: no backend is configured; add at least one")
     paths: dict[str, str] = {}
@@ -168,6 +210,22 @@ def _check_semantics(config: GatewayConfig) -> list[str]:
                     f"{backend_name!r}; known backends: {known}"
                 )
     return problems
+
+
+def _check_origin(path: str, origin: str) -> list[str]:
+    parts = urlsplit(origin)
+    valid = (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "*" not in origin
+        and not (parts.path or parts.query or parts.fragment)
+    )
+    if valid:
+        return []
+    return [
+        f"{path}: invalid origin {origin!r}; write scheme://host[:port] exactly "
+        "as the browser sends it (no path, no wildcard)"
+    ]
 
 
 def _check_url(path: str, url: str) -> list[str]:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[int, msgspec.Meta(ge=1)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 
 DEFAULT_PIPELINE = [
     "audit",
@@ -28,11 +33,11 @@ class ServerConfig(_Config, frozen=True):
     """External base URL (scheme, host, optional port, no trailing slash)."""
     host: str = "127.0.0.1"
     """Address to listen on."""
-    port: int = 8000
+    port: Port = 8000
     """TCP port to listen on."""
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4 * 1024 * 1024
     """Largest request body accepted on an MCP endpoint; larger gets 413."""
-    max_header_bytes: int = 16 * 1024
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024
     """Largest total size of request headers; larger gets 431."""
     allowed_origins: list[str] = msgspec.field(default_factory=list)
     """Browser origins allowed besides loopback ones (``http://localhost:6274``)."""
@@ -66,9 +71,9 @@ class SigningConfig(_Config, frozen=True):
     """Private signing key (JWK), relative to ``server.var_dir``; created if absent."""
     algorithm: Literal["ES256", "RS256"] = "ES256"
     """Signature algorithm of the gateway's access tokens."""
-    access_token_ttl: int = 600
+    access_token_ttl: Seconds = 600
     """Access token lifetime in seconds."""
-    refresh_token_ttl: int = 8 * 3600
+    refresh_token_ttl: Seconds = 8 * 3600
     """Refresh token lifetime in seconds."""
 
 
@@ -151,7 +156,7 @@ class IdJagAuth(_Config, frozen=True, tag="id-jag", tag_field="kind"):
     """The client authentication method at the backend authorization server."""
     scopes: list[str] = msgspec.field(default_factory=list)
     """Scopes requested for the backend token."""
-    refresh_before: int = 60
+    refresh_before: Annotated[int, msgspec.Meta(ge=0)] = 60
     """Seconds before expiry at which a cached backend token is replaced."""
 
 
@@ -171,9 +176,9 @@ class BackendConfig(_Config, frozen=True):
     """Serve without user sign-in; the chain then needs no security stages."""
     pipeline: list[str] | None = None
     """A chain for this backend only; the top-level ``pipeline`` otherwise."""
-    timeout: float = 30.0
+    timeout: PositiveSeconds = 30.0
     """Seconds to wait for the backend's response headers."""
-    max_connections: int = 100
+    max_connections: PositiveInt = 100
     """Pooled connections to this backend."""
 
 

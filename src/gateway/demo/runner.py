@@ -87,7 +87,7 @@ async def run_demo(
         port = DEMO_PORTS[name]
         msg = (
             f"cannot listen on 127.0.0.1:{port} for the demo {name}: {exc.strerror}; "
-            "stop whatever uses that port and try again"
+            "stop whatever uses that port, or run the demo with --ephemeral-ports"
         )
         raise OSError(exc.errno, msg) from exc
     urls = {

@@ -120,3 +120,58 @@ def test_config_without_backends_rejected() -> None:
     """A gateway with nothing behind it is a config error."""
     text = BASE.split("backends:")[0] + "backends: {}\n"
     assert "backends: no backend is configured; add at least one" in problems(text)
+
+
+def test_config_out_of_range_values_rejected() -> None:
+    """Ports, limits and lifetimes outside their range are reported."""
+    for bad, expected in [
+        ("port: 99999", "server.port: Expected `int` <= 65535 (got 99999)"),
+        ("port: 0", "server.port: Expected `int` >= 1 (got 0)"),
+        ("max_body_bytes: 0", "server.max_body_bytes: Expected `int` >= 1024"),
+    ]:
+        text = BASE.replace(
+            'public_url: "http://127.0.0.1:8000"',
+            f'public_url: "http://127.0.0.1:8000", {bad}',
+        )
+        (problem,) = problems(text)
+        assert problem.startswith(expected), problem
+
+
+def test_config_backend_error_names_backend_key() -> None:
+    """An error inside one backend names that backend, not ``[...]``."""
+    text = BASE.replace("kind: static-key", "kind: bogus")
+    (problem,) = problems(text)
+    assert problem.startswith("backends.partners.auth.kind: Invalid value 'bogus'")
+    assert "expected one of: basic, id-jag, none, static-key" in problem
+
+
+def test_config_unknown_top_level_key_says_where() -> None:
+    """An unknown top-level key is reported at the top level."""
+    (problem,) = problems(BASE + "bogus: 1\n")
+    assert problem == "top level: Object contains unknown field `bogus`"
+
+
+def test_config_invalid_origin_rejected() -> None:
+    """Allowed origins must be exact scheme://host[:port] values."""
+    text = BASE.replace(
+        'public_url: "http://127.0.0.1:8000"',
+        'public_url: "http://127.0.0.1:8000", allowed_origins: ["*", "http://x/a"]',
+    )
+    found = problems(text)
+    assert found[0].startswith("server.allowed_origins[0]: invalid origin '*'")
+    assert found[1].startswith("server.allowed_origins[1]: invalid origin")
+
+
+def test_config_recursive_alias_rejected() -> None:
+    """A self-referencing YAML alias is an error, not a crash."""
+    (problem,) = problems("a: &a [*a]\n" + BASE)
+    assert "nesting too deep" in problem
+
+
+def test_config_non_utf8_file_rejected(tmp_path: Path) -> None:
+    """A file that is not UTF-8 is reported with the byte offset."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(BASE.encode() + b"# caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "is not UTF-8 text" in info.value.problems[0]
