@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import msgspec
 import structlog
 from litestar import Litestar
 from litestar.datastructures import State
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.agents import AgentResolver
 from gateway.audit.config import AuditConfig, JsonlSinkConfig, StdoutSinkConfig
@@ -25,16 +28,21 @@ from gateway.events import ResponseCompleted
 from gateway.exchange.service import CredentialService
 from gateway.mcp.backend import BackendClient
 from gateway.mcp.endpoint import McpEndpoint
+from gateway.mcp.headers import read_headers
+from gateway.oauth.exception_handlers import oauth_exception_handlers
 from gateway.oauth.grants import GrantStore
 from gateway.oauth.keys import SigningKeys
-from gateway.oauth.routes import create_oauth_handlers
+from gateway.oauth.responses import NO_STORE
+from gateway.oauth.routes import OAUTH_PATHS, create_oauth_handlers
 from gateway.oauth.upstream import UpstreamClient
-from gateway.runtime import BackendRuntime, Runtime
+from gateway.runtime import BackendRuntime, Runtime, current_request_id
 from gateway.sessions import SessionStore
 from gateway.store import MemoryStore, Store
 from pipeline import Event, EventBus, Journal
 
 log = structlog.get_logger("gateway")
+_tracer = trace.get_tracer("gateway.http")
+_FIXED_OAUTH_ROUTES = frozenset(path for path in OAUTH_PATHS if "{" not in path)
 
 ASGIApp = Any
 
@@ -120,6 +128,7 @@ async def open_gateway(
 
     oauth_app = Litestar(
         route_handlers=create_oauth_handlers(),
+        exception_handlers=oauth_exception_handlers(),
         state=State({"runtime": runtime}),
         openapi_config=None,
         debug=False,
@@ -193,6 +202,12 @@ class _Dispatcher:
 
     Dispatching before Litestar's router keeps the hot path short and lets
     the MCP endpoint stream without any framework middleware in the way.
+    The MCP endpoint traces its own requests. For every other HTTP request
+    the dispatcher starts a SERVER span that continues the caller's W3C
+    ``traceparent`` and records the response status on it. It also gives the
+    request an id, which the response sends as ``X-Request-Id`` and which
+    :data:`~gateway.runtime.current_request_id` contains for the events
+    published meanwhile.
     """
 
     def __init__(self, mcp: McpEndpoint, app: Litestar, runtime: Runtime) -> None:
@@ -201,9 +216,98 @@ class _Dispatcher:
         self.runtime = runtime
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            if path in self.runtime.by_path or path.rstrip("/") in self.runtime.by_path:
-                await self.mcp(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in self.runtime.by_path or path.rstrip("/") in self.runtime.by_path:
+            await self.mcp(scope, receive, send)
+            return
+        await self._serve_app(scope, receive, send)
+
+    async def _serve_app(self, scope: Any, receive: Any, send: Any) -> None:
+        method = scope["method"]
+        path = scope["path"]
+        headers, _ = read_headers(scope["headers"])
+        request_id = uuid.uuid4().hex
+        # The name is the method alone until the route is known. Naming spans
+        # after raw paths would create one span name per path that a scanner
+        # tries, which the OpenTelemetry HTTP semantic conventions advise
+        # against.
+        span = _tracer.start_span(
+            method,
+            context=propagate.extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "url.path": path,
+                "gateway.request_id": request_id,
+            },
+        )
+        status: int | None = None
+
+        async def send_with_request_id(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
+            await send(message)
+
+        request_id_token = current_request_id.set(request_id)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                try:
+                    await self.app(scope, receive, send_with_request_id)
+                except Exception as exc:
+                    # Litestar's exception handlers turn every error of a route
+                    # into a response, so this exception comes from a failing
+                    # exception handler or from an error after the response
+                    # started.
+                    span.record_exception(exc)
+                    log.exception(
+                        "http.unhandled_error",
+                        method=method,
+                        path=path[:200],
+                        request_id=request_id,
+                    )
+                    if status is None:
+                        await _send_server_error(send_with_request_id, request_id)
+        finally:
+            current_request_id.reset(request_id_token)
+            # Litestar sets the template of the route it matched. A known path
+            # with a method it does not serve (405) matched no route.
+            route = scope.get("path_template") or (
+                path if path in _FIXED_OAUTH_ROUTES else None
+            )
+            if route:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+            span.end()
+
+
+async def _send_server_error(send: Any, request_id: str) -> None:
+    """Send an RFC 6749 ``server_error`` when no response was started."""
+    body = msgspec.json.encode(
+        {
+            "error": "server_error",
+            "error_description": "the gateway failed to handle the request; its "
+            f"log has the details under request id {request_id}",
+        }
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.encode(), value.encode()) for name, value in NO_STORE.items()),
+    ]
+    await send({"type": "http.response.start", "status": 500, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from pipeline import Chain, EventBus, current_ids
 
@@ -18,6 +21,17 @@ if TYPE_CHECKING:
     from gateway.oauth.upstream import UpstreamClient
     from gateway.sessions import SessionStore
     from gateway.store import Store
+
+
+current_request_id: ContextVar[str | None] = ContextVar(
+    "gateway_request_id", default=None
+)
+"""The id of the HTTP request being served outside the MCP endpoint, if any.
+
+The dispatcher in front of the Litestar app sets it for each request, so that
+events published by the OAuth endpoints carry the id that the response sends
+as ``X-Request-Id``.
+"""
 
 
 @dataclass
@@ -79,13 +93,22 @@ class Runtime:
         return self.config.server.public_url + self.config.backends[backend_name].path
 
     async def publish(self, event: GatewayEvent) -> None:
-        """Publish an event, filling ``trace_id``/``span_id`` from the current span."""
+        """Publish an event, filling in the ids of the current request.
+
+        ``trace_id`` and ``span_id`` come from the current span, and
+        ``request_id`` from :data:`current_request_id`; ids the event already
+        has are kept.
+        """
+        changes: dict[str, str] = {}
         if event.trace_id is None:
             trace_id, span_id = current_ids()
-            if trace_id is not None:
-                import msgspec
-
-                event = msgspec.structs.replace(
-                    event, trace_id=trace_id, span_id=span_id
-                )
+            if trace_id is not None and span_id is not None:
+                changes["trace_id"] = trace_id
+                changes["span_id"] = span_id
+        if event.request_id is None:
+            request_id = current_request_id.get()
+            if request_id is not None:
+                changes["request_id"] = request_id
+        if changes:
+            event = msgspec.structs.replace(event, **changes)
         await self.bus.publish(event)

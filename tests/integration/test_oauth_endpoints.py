@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from gateway.agents import AgentResolver
 from gateway.config import GatewayConfig
 from gateway.demo.serve import bind_socket, run_app
 from gateway.events import AuthorizationRejected, ClientRegistered
+from gateway.oauth.exception_handlers import oauth_exception_handlers
 from gateway.oauth.keys import SigningKeys
 from gateway.oauth.routes import create_oauth_handlers
 from gateway.oauth.upstream import UpstreamClient
@@ -114,6 +116,7 @@ async def serve_gateway(
         )
         app = Litestar(
             route_handlers=create_oauth_handlers(),
+            exception_handlers=oauth_exception_handlers(),
             state=State({"runtime": runtime}),
             openapi_config=None,
         )
@@ -417,3 +420,203 @@ async def test_consent_idp_unreachable_temporarily_unavailable(server: Server) -
     ]
     assert rejected[-1].reason == "idp_unavailable"
     assert rejected[-1].outcome == "error"
+
+
+ERROR_DESCRIPTION = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]*")
+"""The characters RFC 6749 section 5.2 allows in ``error_description``."""
+FORM = "application/x-www-form-urlencoded"
+
+
+async def register_cursor(server: Server) -> str:
+    response = await server.http.post(
+        "/oauth2/register",
+        json={
+            "client_name": "cursor",
+            "redirect_uris": ["http://127.0.0.1:3000/callback"],
+            "token_endpoint_auth_method": "none",
+        },
+    )
+    assert response.status_code == 201, response.text
+    client_id: str = response.json()["client_id"]
+    return client_id
+
+
+def assert_oauth_error(response: httpx.Response) -> None:
+    """Check an OAuth endpoint's error: RFC 6749 JSON or an HTML page, never 5xx."""
+    assert response.status_code < 500, response.text
+    assert '"status_code"' not in response.text
+    content_type = response.headers["content-type"]
+    if content_type.startswith("text/html"):
+        assert content_type == "text/html; charset=utf-8"
+        return
+    assert content_type == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "error_description"}
+    assert ERROR_DESCRIPTION.fullmatch(body["error_description"]), body
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 3000, b"[" * 3000 + b"]" * 3000, b'{"a":' * 3000, b'{"a":' * 100],
+    ids=["open-arrays", "closed-arrays", "open-objects", "truncated"],
+)
+async def test_register_deeply_nested_json_invalid_client_metadata(
+    server: Server, content: bytes
+) -> None:
+    """JSON nested past the decoder's limit gets invalid_client_metadata, not 500."""
+    response = await server.http.post(
+        "/oauth2/register",
+        content=content,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_client_metadata"
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("http://127.0.0.1/cb\r\nX: y", "'http://127.0.0.1/cb%0D%0AX:%20y'"),
+        ("http://127.0.0.1/cb\u2028", "'http://127.0.0.1/cb%E2%80%A8'"),
+        ("https://*.example.com/cb", "'https://*.example.com/cb'"),
+        ('https://app.example.com/"x"', "'https://app.example.com/%22x%22'"),
+    ],
+    ids=["crlf", "line-separator", "wildcard-host", "quotes"],
+)
+async def test_register_unsafe_redirect_uri_rejected(
+    server: Server, uri: str, shown: str
+) -> None:
+    """Redirect URIs with unsafe characters or wildcards get invalid_redirect_uri."""
+    response = await server.http.post(
+        "/oauth2/register",
+        json={"client_name": "cursor", "redirect_uris": [uri]},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_redirect_uri"
+    assert shown in response.json()["error_description"]
+    assert_oauth_error(response)
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    [
+        "http://127.0.0.1:3000/callback\r\n",
+        "http://127.0.0.1:4000/call\tback",
+        "http://127.0.0.1:3000/callback\r\nLocation: https://evil.example/",
+    ],
+    ids=["trailing-crlf", "tab", "header-injection"],
+)
+async def test_authorize_redirect_uri_control_characters_error_page(
+    server: Server, redirect_uri: str
+) -> None:
+    """A requested redirect URI with characters URL parsing drops is never used."""
+    client_id = await register_cursor(server)
+    response = await server.http.get(
+        "/oauth2/authorize",
+        params={
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "state": "s1",
+        },
+    )
+    assert response.status_code == 400
+    assert "location" not in response.headers
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+
+
+MALFORMED_BODIES = {
+    "nested-json": (b"[" * 3000, "application/json"),
+    "not-json": (b"{not json", "application/json"),
+    "wrong-content-type": (b"<client/>", "application/xml"),
+    "no-content-type": (b"grant_type=x", None),
+    "invalid-utf8": (b"grant_type=\xff\xfe", FORM),
+    "invalid-utf8-escape": (b"grant_type=%ff&client_id=%fe", FORM),
+    "huge-field": (b"client_id=" + b"a" * 60_000, FORM),
+    "many-fields": ("&".join(f"f{i}=1" for i in range(2000)).encode(), FORM),
+    "repeated-field": (b"client_id=a&client_id=b", FORM),
+    "too-large": (b"a=" + b"x" * 70_000, FORM),
+}
+
+
+@pytest.mark.parametrize(
+    "path", ["/oauth2/register", "/oauth2/token", "/oauth2/consent"]
+)
+@pytest.mark.parametrize("case", sorted(MALFORMED_BODIES))
+async def test_post_endpoints_malformed_body_oauth_error(
+    server: Server, path: str, case: str
+) -> None:
+    """Malformed bodies on every POST endpoint get an OAuth error, never a 5xx."""
+    content, content_type = MALFORMED_BODIES[case]
+    headers = {"content-type": content_type} if content_type else {}
+    response = await server.http.post(path, content=content, headers=headers)
+    assert 400 <= response.status_code < 500
+    assert_oauth_error(response)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/oauth2/authorize?client_id=%ff%fe&redirect_uri=%c0",
+        "/oauth2/authorize?client_id=" + "a" * 5000,
+        "/oauth2/callback?state=%ff&code=%00",
+        "/oauth2/callback?state=" + "s" * 5000,
+        f"{PRM}/%ff%fe",
+        f"{PRM}/employees/mcp%00",
+        "/.well-known/oauth-authorization-server/%ff",
+        "/oauth2/jwks?x=%ff",
+    ],
+    ids=[
+        "authorize-invalid-utf8",
+        "authorize-huge",
+        "callback-invalid-utf8",
+        "callback-huge",
+        "resource-metadata-invalid-utf8",
+        "resource-metadata-nul",
+        "server-metadata-invalid-utf8",
+        "jwks-invalid-utf8",
+    ],
+)
+async def test_get_endpoints_malformed_query_oauth_error(
+    server: Server, url: str
+) -> None:
+    """Malformed query strings and paths on GET endpoints never get a 5xx."""
+    response = await server.http.get(url)
+    assert response.status_code < 500
+    if response.status_code >= 400:
+        assert_oauth_error(response)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/oauth2/nothing", 404),
+        ("GET", "/", 404),
+        ("GET", "/oauth2/token", 405),
+        ("DELETE", "/oauth2/register", 405),
+        ("PUT", "/oauth2/jwks", 405),
+    ],
+)
+async def test_unknown_path_or_method_json_error(
+    server: Server, method: str, path: str, status: int
+) -> None:
+    """Unknown paths and methods get JSON errors, not Litestar's error body."""
+    response = await server.http.request(method, path)
+    assert response.status_code == status
+    assert_oauth_error(response)
+    expected = "not_found" if status == 404 else "invalid_request"
+    assert response.json()["error"] == expected
+    if status == 405:
+        assert "OPTIONS" in response.headers["allow"]
+
+
+async def test_token_body_over_limit_payload_too_large(server: Server) -> None:
+    """A body over the OAuth limit gets 413 invalid_request naming the limit."""
+    response = await server.http.post(
+        "/oauth2/token",
+        content=b"grant_type=" + b"x" * 70_000,
+        headers={"content-type": FORM},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "invalid_request"
+    assert "65536 bytes" in response.json()["error_description"]

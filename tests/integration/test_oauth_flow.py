@@ -53,6 +53,7 @@ from gateway.facts import PRINCIPAL
 from gateway.mcp.jsonrpc import decode, parse_message
 from gateway.mcp.response import GatewayResponse
 from gateway.oauth.clients import ClientRecord, ClientRegistry
+from gateway.oauth.exception_handlers import oauth_exception_handlers
 from gateway.oauth.grants import GrantStore
 from gateway.oauth.keys import SigningKeys
 from gateway.oauth.routes import create_oauth_handlers
@@ -308,6 +309,7 @@ async def servers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
         )
         app = Litestar(
             route_handlers=[*create_oauth_handlers(), employees_endpoint],
+            exception_handlers=oauth_exception_handlers(),
             state=State({"runtime": runtime}),
             openapi_config=None,
         )
@@ -507,6 +509,102 @@ async def test_token_other_client_code_rejected(gateway: Gateway) -> None:
     assert response.json()["error"] == "invalid_grant"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"resource": "partners"}, "invalid_target"),
+        ({"resource": "not a URL"}, "invalid_target"),
+        ({"scope": "mcp admin"}, "invalid_scope"),
+        ({"scope": ""}, "invalid_scope"),
+    ],
+    ids=["other-backend", "not-a-url", "wider-scope", "empty-scope"],
+)
+async def test_refresh_rejected_request_keeps_token_usable(
+    gateway: Gateway, overrides: dict[str, str], error: str
+) -> None:
+    """A refresh rejected for its resource or scope does not use up the token."""
+    client = await gateway.register("cursor")
+    tokens = (await gateway.redeem(client, await gateway.sign_in(client))).json()
+    data = {
+        "grant_type": "refresh_token",
+        "refresh_token": tokens["refresh_token"],
+        "client_id": client["client_id"],
+        **overrides,
+    }
+    if data.get("resource") == "partners":
+        data["resource"] = gateway.resource("partners")
+    rejected = await gateway.token(data)
+    assert rejected.status_code == 400
+    assert rejected.json()["error"] == error
+
+    retry = await gateway.refresh(client, tokens["refresh_token"])
+    assert retry.status_code == 200, retry.text
+    await gateway.settle()
+    assert gateway.events_of(RefreshTokenReused) == []
+
+
+async def test_refresh_reused_token_revokes_despite_invalid_scope(
+    gateway: Gateway,
+) -> None:
+    """A rotated-out refresh token revokes the sign-in whatever else is wrong."""
+    client = await gateway.register("cursor")
+    first = (await gateway.redeem(client, await gateway.sign_in(client))).json()
+    rotated = (await gateway.refresh(client, first["refresh_token"])).json()
+    replay = await gateway.token(
+        {
+            "grant_type": "refresh_token",
+            "refresh_token": first["refresh_token"],
+            "client_id": client["client_id"],
+            "scope": "mcp admin",
+        }
+    )
+    assert replay.status_code == 400
+    assert replay.json()["error"] == "invalid_grant"
+    await gateway.settle()
+    assert len(gateway.events_of(RefreshTokenReused)) == 1
+    after = await gateway.refresh(client, rotated["refresh_token"])
+    assert after.json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("client_id", "other", "invalid_grant"),
+        ("code_verifier", "x" * 64, "invalid_grant"),
+        ("redirect_uri", "http://127.0.0.1:5555/other", "invalid_grant"),
+        ("resource", "partners", "invalid_target"),
+    ],
+    ids=["other-client", "wrong-verifier", "other-redirect-uri", "other-backend"],
+)
+async def test_code_rejected_exchange_keeps_code_usable(
+    gateway: Gateway, field: str, value: str, error: str
+) -> None:
+    """A code exchange rejected for a wrong binding leaves the code redeemable."""
+    client = await gateway.register("cursor")
+    other = await gateway.register("cursor")
+    sign_in = await gateway.sign_in(client)
+    replacements = {
+        "other": other["client_id"],
+        "partners": gateway.resource("partners"),
+    }
+    data = {
+        "grant_type": "authorization_code",
+        "code": sign_in.code,
+        "redirect_uri": CLIENT_CALLBACK,
+        "client_id": client["client_id"],
+        "code_verifier": sign_in.verifier,
+        field: replacements.get(value, value),
+    }
+    rejected = await gateway.token(data)
+    assert rejected.status_code == 400
+    assert rejected.json()["error"] == error
+
+    redeemed = await gateway.redeem(client, sign_in)
+    assert redeemed.status_code == 200, redeemed.text
+    replay = await gateway.redeem(client, sign_in)
+    assert replay.json()["error"] == "invalid_grant"
+
+
 async def test_token_resource_trailing_slash_canonical_audience(
     gateway: Gateway,
 ) -> None:
@@ -678,6 +776,35 @@ async def test_authorize_agent_not_allowed_access_denied(gateway: Gateway) -> No
     (rejected,) = gateway.events_of(AuthorizationRejected)
     assert rejected.reason == "agent_not_allowed"
     assert rejected.agent.id == "claude-code"
+
+
+async def test_authorize_unmatched_client_description_names_client(
+    gateway: Gateway,
+) -> None:
+    """A client that matches no agent is told so by its name, not 'default'."""
+    client = await gateway.register("mystery-tool")
+    response, _, _ = await gateway.authorize(client)
+    assert response.status_code == 302
+    params = query_of(response.headers["location"])
+    assert params["error"] == "access_denied"
+    description = params["error_description"]
+    assert "'mystery-tool'" in description
+    assert "no agent in the gateway config matches" in description
+    assert "'employees'" in description
+    assert "default" not in description
+    await gateway.settle()
+    (rejected,) = gateway.events_of(AuthorizationRejected)
+    assert rejected.reason == "agent_not_allowed"
+    assert rejected.agent.id == "default"
+
+
+async def test_html_pages_content_type_single_charset(gateway: Gateway) -> None:
+    """The consent and error pages name the charset once."""
+    client = await gateway.register("cursor")
+    consent_page, _, _ = await gateway.authorize(client)
+    error_page = await gateway.browser.get("/oauth2/callback?state=nope&code=x")
+    assert consent_page.headers["content-type"] == "text/html; charset=utf-8"
+    assert error_page.headers["content-type"] == "text/html; charset=utf-8"
 
 
 async def test_authorize_loopback_other_port_accepted(gateway: Gateway) -> None:

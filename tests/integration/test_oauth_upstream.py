@@ -248,6 +248,8 @@ class ScriptedIdp:
     token_status: int = 200
     token_body: dict[str, Any] = field(default_factory=dict)
     token_headers: dict[str, str] = field(default_factory=dict)
+    raw_body: bytes | None = None
+    """When set, the JWKS and token endpoints send these bytes as their JSON."""
 
     def sign(self, key: ECKey | RSAKey, **overrides: Any) -> str:
         now = int(time.time())
@@ -277,12 +279,16 @@ class ScriptedIdp:
         @get("/keys", sync_to_thread=False)
         def keys() -> Response[Any]:
             self.jwks_fetches += 1
+            if self.raw_body is not None:
+                return Response(self.raw_body, media_type="application/json")
             if self.jwks_status != 200:
                 return Response({"error": "unavailable"}, status_code=self.jwks_status)
             return Response({"keys": [k.as_dict(private=False) for k in self.keys]})
 
         @post("/token", sync_to_thread=False)
         def token(request: Request[Any, Any, Any]) -> Response[Any]:
+            if self.raw_body is not None:
+                return Response(self.raw_body, media_type="application/json")
             return Response(
                 self.token_body,
                 status_code=self.token_status,
@@ -316,6 +322,7 @@ async def scripted(scripted_server: ScriptedIdp) -> AsyncIterator[ScriptedIdp]:
     scripted_server.token_status = 200
     scripted_server.token_body = {}
     scripted_server.token_headers = {}
+    scripted_server.raw_body = None
     yield scripted_server
 
 
@@ -511,3 +518,23 @@ async def test_refresh_returns_verified_tokens(
     assert tokens.id_token == id_token
     assert tokens.refresh_token == "r2"
     assert tokens.id_token_expires_at > time.time()
+
+
+async def test_refresh_deeply_nested_response_exchange_error(
+    scripted: ScriptedIdp, upstream: UpstreamClient
+) -> None:
+    """A token response nested past the JSON parser's limit is an invalid response."""
+    scripted.raw_body = b"[" * 100_000
+    with pytest.raises(ExchangeError) as info:
+        await upstream.refresh("r")
+    assert info.value.oauth_error == "invalid_response"
+
+
+async def test_jwks_deeply_nested_document_unavailable(scripted: ScriptedIdp) -> None:
+    """A JWK Set nested past the JSON parser's limit is idp_unavailable."""
+    scripted.raw_body = b"[" * 100_000
+    async with httpx.AsyncClient() as http:
+        jwks = RemoteJwks(http, f"{scripted.issuer}/keys")
+        with pytest.raises(UpstreamError) as info:
+            await jwks.key_for("k", "ES256")
+    assert info.value.reason == "idp_unavailable"

@@ -167,7 +167,7 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
             runtime,
             auth_request,
             "access_denied",
-            f"agent {agent.id!r} is not allowed to use backend {backend!r}",
+            _agent_not_allowed(record, agent.id, agent.trust, backend),
             reason="agent_not_allowed",
         )
     if record.pre_approved:
@@ -326,6 +326,27 @@ def _redirect_uri(
             "redirect_uri is not one of the application's registered URIs",
         )
     return value, True, None
+
+
+def _agent_not_allowed(
+    record: ClientRecord, agent_id: str, trust: str, backend: str
+) -> str:
+    """Describe an agent refusal in terms the user can act on."""
+    if trust != "unknown":
+        return f"agent {agent_id!r} is not allowed to use backend {backend!r}"
+    # No configured agent matched, so the client runs under default_agent.
+    # Users know their client by name, not by that internal fallback.
+    if record.client_name is None:
+        return (
+            f"no agent in the gateway config matches the client {record.client_id!r}, "
+            f"which registered no client_name, so it may not use backend {backend!r}. "
+            "Register the client with the client_name of a configured agent."
+        )
+    return (
+        f"no agent in the gateway config matches the client {record.client_name!r}, "
+        f"so it may not use backend {backend!r}. Ask the gateway operator to add "
+        "an agent that matches this client_name."
+    )
 
 
 def _pkce_problem(params: MultiDict[Any]) -> str | None:

@@ -13,7 +13,7 @@ from gateway.events import AgentRef, AuthorizationRejected
 from gateway.oauth import pkce
 from gateway.oauth.pages import error_page
 from gateway.oauth.redirects import with_query
-from gateway.oauth.responses import html_response, redirect
+from gateway.oauth.responses import error_description, html_response, redirect
 from gateway.oauth.transactions import (
     AuthorizationRequest,
     FlowState,
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.oauth")
 
 MAX_FORM_BYTES = 64 * 1024
+MAX_FORM_FIELDS = 100
 
 
 class FormError(Exception):
@@ -36,8 +37,10 @@ async def read_form(request: Request[Any, Any, Any]) -> dict[str, str]:
     """Parse an ``application/x-www-form-urlencoded`` body.
 
     Raises:
-        FormError: Wrong media type, too large, or a parameter given twice
-            (RFC 6749 section 3.1 forbids repeating a parameter).
+        FormError: Wrong media type, too large, more than
+            :data:`MAX_FORM_FIELDS` parameters, not UTF-8 (also inside
+            percent-encoding), or a parameter given twice (RFC 6749 section
+            3.1 forbids repeating a parameter).
     """
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip()
     if media_type.lower() != "application/x-www-form-urlencoded":
@@ -47,10 +50,13 @@ async def read_form(request: Request[Any, Any, Any]) -> dict[str, str]:
     if len(body) > MAX_FORM_BYTES:
         msg = f"the request body is larger than {MAX_FORM_BYTES} bytes"
         raise FormError(msg)
+    if body.count(b"&") >= MAX_FORM_FIELDS:
+        msg = f"the request body has more than {MAX_FORM_FIELDS} parameters"
+        raise FormError(msg)
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-    except (UnicodeDecodeError, ValueError):
-        msg = "the request body is not valid form data"
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        msg = "the request body is not valid UTF-8 form data"
         raise FormError(msg) from None
     form: dict[str, str] = {}
     for name, value in pairs:
@@ -139,7 +145,9 @@ async def reject(
         )
     )
     return client_redirect(
-        runtime, request, {"error": error, "error_description": description}
+        runtime,
+        request,
+        {"error": error, "error_description": error_description(description)},
     )
 
 

@@ -149,7 +149,8 @@ class RemoteJwks:
             raise UpstreamError(msg, reason="idp_unavailable")
         try:
             document = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
+            # The standard json module raises RecursionError on deep nesting.
             document = None
         entries = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(entries, list):

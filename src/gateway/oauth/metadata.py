@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from litestar import Request, Response, get
 
 from gateway.oauth.resources import backend_for_path
-from gateway.oauth.responses import json_response
+from gateway.oauth.responses import json_response, oauth_error
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -134,6 +134,4 @@ def get_jwks(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 def _not_found(description: str) -> Response[bytes]:
-    return json_response(
-        {"error": "not_found", "error_description": description}, status=404
-    )
+    return oauth_error("not_found", description, status=404)

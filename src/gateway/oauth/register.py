@@ -50,6 +50,12 @@ async def register_client(request: Request[Any, Any, Any]) -> Response[bytes]:
         return oauth_error(
             "invalid_client_metadata", "the request body is not valid JSON"
         )
+    except RecursionError:
+        # msgspec raises this, not DecodeError, for arrays or objects nested
+        # deeper than the interpreter's recursion limit allows.
+        return oauth_error(
+            "invalid_client_metadata", "the request body is nested too deeply"
+        )
     try:
         record, secret = await ClientRegistry(runtime.store).register(metadata)
     except RegistrationError as exc:

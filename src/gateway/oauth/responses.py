@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 from litestar import Response
@@ -25,6 +27,19 @@ _HTML_HEADERS = {
 }
 
 _encoder = msgspec.json.Encoder()
+
+_NOT_DESCRIPTION_CHARACTER = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+"""A character outside those RFC 6749 section 5.2 allows in ``error_description``."""
+
+
+def error_description(text: str) -> str:
+    """Percent-encode the characters RFC 6749 forbids in an error description.
+
+    A description may hold printable ASCII except the double quote and the
+    backslash, so a value quoted in one (a client name, a path) is
+    percent-encoded where it has other characters.
+    """
+    return _NOT_DESCRIPTION_CHARACTER.sub(lambda match: quote(match[0], safe=""), text)
 
 
 def json_response(
@@ -54,7 +69,7 @@ def oauth_error(
 ) -> Response[bytes]:
     """Return an RFC 6749 section 5.2 error response."""
     return json_response(
-        {"error": error, "error_description": description},
+        {"error": error, "error_description": error_description(description)},
         status=status,
         headers=headers,
     )
@@ -74,6 +89,7 @@ def html_response(html: str, *, status: int = 200) -> Response[bytes]:
     return Response(
         content=html.encode(),
         status_code=status,
-        media_type="text/html; charset=utf-8",
+        # Litestar appends "; charset=utf-8" to every text/* media type.
+        media_type="text/html",
         headers=dict(_HTML_HEADERS),
     )

@@ -15,6 +15,8 @@ from gateway.oauth.cors import (
     is_origin_allowed,
     preflight_headers,
 )
+from gateway.oauth.exception_handlers import oauth_exception_handlers
+from gateway.oauth.flow import MAX_FORM_BYTES
 from gateway.oauth.metadata import (
     AS_METADATA_PATH,
     PRM_PATH,
@@ -64,8 +66,11 @@ def preflight(request: Request[Any, Any, Any]) -> Response[bytes]:
 def create_oauth_handlers(*, middleware: Sequence[Middleware] = ()) -> list[Any]:
     """Return the OAuth endpoints as one Litestar router at ``/``.
 
-    Every endpoint gets CORS headers for allowed origins. Handlers read the
-    ``Runtime`` from ``app.state.runtime``.
+    Every endpoint gets CORS headers for allowed origins, and RFC 6749 errors
+    for exceptions its handler does not catch. Handlers read the ``Runtime``
+    from ``app.state.runtime``. The app should also get
+    :func:`~gateway.oauth.exception_handlers.oauth_exception_handlers`, so
+    that unknown paths and methods get JSON errors too.
 
     Args:
         middleware: Extra middleware for every OAuth endpoint, run inside the
@@ -90,5 +95,9 @@ def create_oauth_handlers(*, middleware: Sequence[Middleware] = ()) -> list[Any]
                 token,
             ],
             middleware=[DefineMiddleware(CorsHeadersMiddleware), *middleware],
+            exception_handlers=oauth_exception_handlers(),
+            # No OAuth endpoint accepts a larger body, so Litestar stops
+            # reading at this size instead of at its default of 10 MB.
+            request_max_body_size=MAX_FORM_BYTES,
         )
     ]

@@ -181,6 +181,14 @@ def _decode_basic(credentials: str) -> tuple[str, str]:
 async def _authorization_code(
     runtime: Runtime, client: ClientRecord, form: dict[str, str]
 ) -> Response[bytes]:
+    # Every check runs before the code is used up, so a rejected request
+    # leaves the code redeemable for the rest of its short lifetime. This
+    # includes a code presented by another client or with a wrong
+    # code_verifier: without the PKCE verifier a code is useless, so burning
+    # it would protect nothing and would let anyone who saw a leaked code
+    # cancel the user's sign-in. Only a successful exchange uses the code up.
+    # A code used more than once is denied and its tokens are revoked, as
+    # RFC 6749 section 4.1.2 requires. Here "used" means exchanged for tokens.
     code = form.get("code")
     verifier = form.get("code_verifier")
     if not code:
@@ -189,26 +197,23 @@ async def _authorization_code(
         raise TokenError(
             "invalid_request", "code_verifier is missing (PKCE is required)"
         )
-    record, replayed_grant = await FlowState(runtime.store).redeem_code(code)
+
+    flow = FlowState(runtime.store)
+    record, replayed_grant = await flow.find_code(code)
     if record is None:
         if replayed_grant is not None:
-            grant = await runtime.grants.get(replayed_grant)
-            await runtime.grants.revoke(replayed_grant)
-            log.warning(
-                "oauth.code_replayed",
-                client_id=client.client_id,
-                grant_id=replayed_grant,
-            )
-            raise TokenError(
-                "invalid_grant",
-                "the authorization code was already used; its tokens are revoked",
-                grant=grant,
-            )
+            raise await _code_replayed(runtime, client, replayed_grant)
         raise TokenError(
             "invalid_grant", "the authorization code is invalid or expired"
         )
+
     auth_request = record.request
     if auth_request.client_id != client.client_id:
+        log.warning(
+            "oauth.code_other_client",
+            client_id=client.client_id,
+            code_client_id=auth_request.client_id,
+        )
         raise TokenError(
             "invalid_grant", "the authorization code was issued to another client"
         )
@@ -226,12 +231,34 @@ async def _authorization_code(
     grant = await runtime.grants.get(record.grant_id)
     if grant is None or grant.client_id != client.client_id:
         raise TokenError("invalid_grant", "the sign-in behind this code has ended")
+
+    if await flow.redeem_code(code) is None:
+        # A concurrent request redeemed the code between the look-up and now.
+        raise await _code_replayed(runtime, client, record.grant_id)
     return await _issue(runtime, client, grant, grant.scopes, "authorization_code")
+
+
+async def _code_replayed(
+    runtime: Runtime, client: ClientRecord, grant_id: str
+) -> TokenError:
+    """Revoke the grant of a code presented after its redemption."""
+    grant = await runtime.grants.get(grant_id)
+    await runtime.grants.revoke(grant_id)
+    log.warning("oauth.code_replayed", client_id=client.client_id, grant_id=grant_id)
+    return TokenError(
+        "invalid_grant",
+        "the authorization code was already used; its tokens are revoked",
+        grant=grant,
+    )
 
 
 async def _refresh_token(
     runtime: Runtime, client: ClientRecord, form: dict[str, str]
 ) -> Response[bytes]:
+    # A rotated-out token revokes the grant before anything else is checked,
+    # because its reuse means it was copied. For a live token every check
+    # runs before the token is marked used, so only a successful rotation
+    # uses it up and a rejected request can be retried.
     refresh_token = form.get("refresh_token")
     if not refresh_token:
         raise TokenError("invalid_request", "refresh_token is missing")
@@ -239,46 +266,62 @@ async def _refresh_token(
     record = await flow.find_refresh_token(refresh_token)
     if record is None or record.client_id != client.client_id:
         raise TokenError("invalid_grant", "the refresh token is invalid or expired")
+    if await flow.is_refresh_token_used(refresh_token):
+        raise await _refresh_token_reused(runtime, client, record)
     grant = await runtime.grants.get(record.grant_id)
-    if not await flow.mark_refresh_token_used(refresh_token, record):
-        await runtime.grants.revoke(record.grant_id)
-        log.warning(
-            "oauth.refresh_token_reused",
-            client_id=client.client_id,
-            grant_id=record.grant_id,
-        )
-        await runtime.publish(
-            RefreshTokenReused(
-                stage="oauth.token",
-                user=_user(grant),
-                agent=_agent(grant),
-                backend=_backend(runtime, grant),
-                outcome="denied",
-                reason="refresh_token_reused",
-                client_id=client.client_id,
-                grant_id=record.grant_id,
-            )
-        )
-        raise TokenError(
-            "invalid_grant",
-            "the refresh token was already used; the sign-in is revoked, sign in again",
-            grant=grant,
-        )
     if grant is None or grant.client_id != client.client_id:
         raise TokenError(
             "invalid_grant", "the sign-in behind this refresh token has ended"
         )
     _check_resource(runtime, form, grant.resource)
-    scopes = record.scopes
-    requested = form.get("scope")
-    if requested is not None:
-        narrowed = requested.split()
-        if not narrowed or any(scope not in record.scopes for scope in narrowed):
-            raise TokenError(
-                "invalid_scope", "scope must be a subset of the granted scopes"
-            )
-        scopes = narrowed
+    scopes = _narrowed_scopes(form.get("scope"), record.scopes)
+    if not await flow.mark_refresh_token_used(refresh_token, record):
+        # A concurrent request rotated the token between the check and now.
+        raise await _refresh_token_reused(runtime, client, record)
     return await _issue(runtime, client, grant, scopes, "refresh_token")
+
+
+async def _refresh_token_reused(
+    runtime: Runtime, client: ClientRecord, record: RefreshRecord
+) -> TokenError:
+    """Revoke the grant of a rotated-out refresh token and publish the reuse."""
+    grant = await runtime.grants.get(record.grant_id)
+    await runtime.grants.revoke(record.grant_id)
+    log.warning(
+        "oauth.refresh_token_reused",
+        client_id=client.client_id,
+        grant_id=record.grant_id,
+    )
+    await runtime.publish(
+        RefreshTokenReused(
+            stage="oauth.token",
+            user=_user(grant),
+            agent=_agent(grant),
+            backend=_backend(runtime, grant),
+            outcome="denied",
+            reason="refresh_token_reused",
+            client_id=client.client_id,
+            grant_id=record.grant_id,
+        )
+    )
+    return TokenError(
+        "invalid_grant",
+        "the refresh token was already used; the sign-in is revoked, sign in again",
+        grant=grant,
+    )
+
+
+def _narrowed_scopes(requested: str | None, granted: list[str]) -> list[str]:
+    """Return the scopes of a refresh: the granted ones, or a requested subset."""
+    if requested is None:
+        return granted
+    narrowed = requested.split()
+    if not narrowed or any(scope not in granted for scope in narrowed):
+        raise TokenError(
+            "invalid_scope",
+            "scope must name one or more of the granted scopes: " + " ".join(granted),
+        )
+    return narrowed
 
 
 def _check_resource(runtime: Runtime, form: dict[str, str], expected: str) -> None:
@@ -349,6 +392,9 @@ async def _issue(
 async def _publish_failure(
     runtime: Runtime, exc: TokenError, *, client_id: str | None, grant_type: str | None
 ) -> None:
+    # Both values come from the request, so they are cut to a bounded length.
+    client_id = client_id[:200] if client_id else None
+    grant_type = grant_type[:100] if grant_type else None
     log.info(
         "oauth.token_request_failed",
         client_id=client_id,
@@ -364,8 +410,8 @@ async def _publish_failure(
             backend=_backend(runtime, exc.grant),
             outcome="denied",
             reason=exc.error,
-            client_id=client_id[:200] if client_id else None,
-            grant_type=grant_type[:100] if grant_type else None,
+            client_id=client_id,
+            grant_type=grant_type,
             oauth_error=exc.error,
         )
     )

@@ -157,25 +157,39 @@ class FlowState:
         await self._codes.set(hash_secret(code), record, CODE_TTL)
         return code
 
-    async def redeem_code(
-        self, code: str
-    ) -> tuple[AuthorizationCode | None, str | None]:
-        """Use up an authorization code.
+    async def find_code(self, code: str) -> tuple[AuthorizationCode | None, str | None]:
+        """Look up an authorization code without using it up.
 
         Returns:
-            The code's record, or None. Second, when the code was already
-            redeemed within :data:`USED_CODE_TTL` seconds, the id of the grant
-            it was issued for, so that the caller can revoke it after a replay.
+            The code's record, or None when it is unknown, expired or used.
+            Second, when the code was already redeemed within
+            :data:`USED_CODE_TTL` seconds, the id of the grant it was issued
+            for, so that the caller can revoke that grant after a replay.
         """
+        if not code or len(code) > 200:
+            return None, None
         key = hash_secret(code)
-        record = await self._codes.pop(key)
+        record = await self._codes.get(key)
         if record is not None and record.expires_at > time.time():
-            await self._store.set(
-                "oauth_code_used", key, record.grant_id.encode(), USED_CODE_TTL
-            )
             return record, None
         used = await self._store.get("oauth_code_used", key)
         return None, used.decode() if used is not None else None
+
+    async def redeem_code(self, code: str) -> AuthorizationCode | None:
+        """Use up an authorization code that :meth:`find_code` returned.
+
+        Returns:
+            The code's record, or None when another request redeemed it first
+            or it expired in the meantime.
+        """
+        key = hash_secret(code)
+        record = await self._codes.pop(key)
+        if record is None or record.expires_at <= time.time():
+            return None
+        await self._store.set(
+            "oauth_code_used", key, record.grant_id.encode(), USED_CODE_TTL
+        )
+        return record
 
     async def issue_refresh_token(self, record: RefreshRecord) -> str:
         """Return a new refresh token for ``record``, stored until it expires."""
@@ -197,8 +211,18 @@ class FlowState:
             return None
         return record
 
+    async def is_refresh_token_used(self, token: str) -> bool:
+        """Return whether a refresh token was already rotated out."""
+        return (
+            await self._store.get("oauth_refresh_used", hash_secret(token)) is not None
+        )
+
     async def mark_refresh_token_used(self, token: str, record: RefreshRecord) -> bool:
-        """Mark a refresh token used; return False when it had been used before."""
+        """Mark a refresh token used; return False when it had been used before.
+
+        The check and the mark are one atomic store operation, so of two
+        concurrent requests with the same token only one gets True.
+        """
         ttl = max(1.0, record.expires_at - time.time())
         return await self._store.add(
             "oauth_refresh_used", hash_secret(token), b"1", ttl

@@ -381,7 +381,8 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
         return None
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
+        # The standard json module raises RecursionError on deep nesting.
         return None
     return body if isinstance(body, dict) else None
 

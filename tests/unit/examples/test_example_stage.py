@@ -225,7 +225,9 @@ async def run_session(url: str, headers: dict[str, str]) -> Outcome:
     request_ids: set[str] = set()
 
     async def keep_request_id(response: httpx2.Response) -> None:
-        if "x-request-id" in response.headers:
+        # OAuth endpoints send X-Request-Id too, but only MCP requests end
+        # with a ResponseCompleted event.
+        if "x-request-id" in response.headers and str(response.url) == url:
             request_ids.add(response.headers["x-request-id"])
 
     tools: list[str] = []
