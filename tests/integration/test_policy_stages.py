@@ -120,7 +120,8 @@ async def test_unknown_client_gets_default_policy(stack: DemoStack) -> None:
     with pytest.raises(SignInRefused) as info:
         await run_client(stack.mcp_url("partners"), client_name="mystery", calls=[])
     assert info.value.error == "access_denied"
-    assert "'default'" in info.value.description
+    assert "'mystery'" in info.value.description
+    assert "no agent in the gateway config matches" in info.value.description
 
 
 async def test_denied_tool_names_tool_and_rule(stack: DemoStack) -> None:
@@ -228,3 +229,31 @@ async def test_audit_records_streamed_call(stack: DemoStack) -> None:
     assert completed[0]["completed"] is True
     assert completed[0]["bytes_sent"] == len(response.content)
     assert completed[0]["agent"]["id"] == "cursor"
+
+
+async def test_agent_header_empty_treated_as_absent(stack: DemoStack) -> None:
+    """An empty X-MCP-Agent header names no agent and is accepted."""
+    probe = await probe_for(stack, "partners", "cursor")
+    response = await probe.initialize(x_mcp_agent="")
+    assert response.status_code == 200
+    events = await audit_events(stack)
+    assert not [e for e in events if e["type"] == "AgentRejected"]
+
+
+async def test_denied_tool_notification_gets_403(stack: DemoStack) -> None:
+    """A denied tools/call sent as a notification gets an HTTP error status."""
+    probe = await probe_for(stack, "employees", "claude-code")
+    await probe.initialize()
+    response = await probe.post(
+        {
+            "jsonrpc": "2.0",
+            "method": "tools/call",
+            "params": {"name": "update_salary", "arguments": {}},
+        }
+    )
+    assert response.status_code == 403
+    assert response.json()["id"] is None
+    assert response.json()["error"]["data"]["reason"] == "tool_denied"
+    events = await audit_events(stack)
+    denied = [e for e in events if e["type"] == "AccessDenied"]
+    assert denied[-1]["tool"] == "update_salary"

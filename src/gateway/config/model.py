@@ -39,6 +39,8 @@ class ServerConfig(_Config, frozen=True):
     """Largest request body accepted on an MCP endpoint; larger gets 413."""
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024
     """Largest total size of request headers; larger gets 431."""
+    body_timeout: PositiveSeconds = 30.0
+    """Seconds allowed for receiving a whole request body; slower gets 408."""
     allowed_origins: list[str] = msgspec.field(default_factory=list)
     """Browser origins allowed besides loopback ones (``http://localhost:6274``)."""
     var_dir: str = "var"

@@ -2,9 +2,10 @@
 
 Before a backend's chain runs, the endpoint does what needs no identity:
 tracing, the request id, ``Origin`` and CORS, size limits, the method, the
-``MCP-Protocol-Version`` header, ``Accept``, and parsing the JSON-RPC envelope
-once. Every rejection publishes ``RequestRejected``. It then runs the chain
-and sends its response, streaming event streams chunk by chunk.
+``MCP-Protocol-Version`` header, ``Accept``, the time limit on the body, and
+parsing the JSON-RPC envelope once. Every rejection publishes
+``RequestRejected``. It then runs the chain and sends its response, streaming
+event streams chunk by chunk.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ from gateway.mcp.jsonrpc import (
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
 from gateway.mcp.sse import aclose_stream
 from gateway.runtime import Runtime
+from gateway.stages.authenticate import (
+    MISSING_TOKEN_DETAIL,
+    UNAUTHORIZED,
+    AuthenticateStage,
+    bearer_challenge,
+)
 
 log = structlog.get_logger("gateway.mcp.endpoint")
 _tracer = trace.get_tracer("gateway.mcp")
@@ -62,6 +69,8 @@ ALLOW = ", ".join(MCP_METHODS)
 GET_NOT_OFFERED_ALLOW = "POST, DELETE"
 HTTP_STAGE = "http"
 """The ``stage`` of events the endpoint publishes before the chain."""
+ANONYMOUS_MAX_BODY_BYTES = 64 * 1024
+"""Body bytes read from a client without ``Authorization`` before it gets 401."""
 
 
 @dataclass(slots=True)
@@ -92,10 +101,15 @@ class McpEndpoint:
     - ``MCP-Protocol-Version`` may be absent (the specification then implies
       2025-03-26); a value other than a handshake revision gets 400. The
       stateless revision 2026-07-28 is not served yet and also gets 400.
+    - A POST body must arrive within ``server.body_timeout`` (408). Without
+      an ``Authorization`` header, on a backend whose chain has the
+      ``authenticate`` stage, a body over 64 KiB gets 401 before it is read.
     - An exception from the chain or from these checks is logged with its
-      traceback and never becomes HTTP 500. POST and DELETE get HTTP 200 with
-      a JSON-RPC error (``data.reason`` ``internal_error``), and GET gets 405
-      so that clients carry on without the optional stream.
+      traceback. A POST request gets HTTP 200 with a JSON-RPC error for its
+      id (``data.reason`` ``internal_error``), and GET gets 405 so that
+      clients carry on without the optional stream. A notification, a
+      response or a DELETE gets 500, because no id can carry the error and a
+      2xx would mean that the gateway accepted the message.
     - A 2xx response without a ``reason`` to a notification or a response
       means the message was accepted, and is sent as 202 with no body.
     """
@@ -225,14 +239,12 @@ class McpEndpoint:
         accept = headers.get("accept")
         if exchange.method == "POST":
             if not (accepts(accept, JSON) or accepts(accept, EVENT_STREAM)):
-                detail = f"Not Acceptable: Accept must allow {JSON} and {EVENT_STREAM}"
+                detail = f"Not Acceptable: Accept must allow {JSON} or {EVENT_STREAM}"
                 return await self._reject(exchange, 406, "not_acceptable", detail)
-            try:
-                body = await read_body(
-                    receive, headers.get("content-length"), server.max_body_bytes
-                )
-            except RequestBodyError as exc:
-                return await self._reject(exchange, exc.status, exc.reason, str(exc))
+            read = await self._read_body(exchange, receive)
+            if isinstance(read, GatewayResponse):
+                return read
+            body = read
             try:
                 exchange.message = parse_message(body)
             except JsonRpcError as exc:
@@ -262,6 +274,71 @@ class McpEndpoint:
         response: GatewayResponse = await backend.chain(ctx)
         return response
 
+    async def _read_body(
+        self, exchange: _Exchange, receive: ASGIReceive
+    ) -> bytes | GatewayResponse:
+        """Read the POST body, or return the rejection of a body not read whole.
+
+        The whole body must arrive within ``server.body_timeout`` (408). A
+        client without an ``Authorization`` header, on a backend whose chain
+        authenticates, gets 401 as soon as its body is longer than
+        :data:`ANONYMOUS_MAX_BODY_BYTES`, so that an anonymous client cannot
+        hold a request open with a slow large upload. Shorter bodies are read
+        and parsed, so the ``authenticate`` stage's 401 carries the request id.
+        After such an early response, uvicorn (0.55) discards the rest of the
+        body as it arrives, so the request holds no application task. The
+        response does not ask to close the connection: closing it with unread
+        bytes makes the kernel reset it, and the client can lose the response.
+        """
+        server = self.runtime.config.server
+        limit = server.max_body_bytes
+        anonymous = "authorization" not in exchange.headers and self._authenticates(
+            exchange
+        )
+        if anonymous:
+            limit = min(limit, ANONYMOUS_MAX_BODY_BYTES)
+        failure: RequestBodyError | None = None
+        with anyio.move_on_after(server.body_timeout):
+            try:
+                return await read_body(
+                    receive, exchange.headers.get("content-length"), limit
+                )
+            except RequestBodyError as exc:
+                failure = exc
+
+        # The rejections are published outside the timeout's cancel scope.
+        if failure is None:
+            detail = (
+                "Request Timeout: the request body did not arrive within "
+                f"{server.body_timeout:g} seconds"
+            )
+            return await self._reject(exchange, 408, "body_timeout", detail)
+        if anonymous and failure.status == 413:
+            return await self._reject_anonymous(exchange)
+        return await self._reject(
+            exchange, failure.status, failure.reason, str(failure)
+        )
+
+    def _authenticates(self, exchange: _Exchange) -> bool:
+        # A chain without the authenticate stage (an anonymous backend, or a
+        # custom stage that authenticates otherwise) needs no Authorization.
+        assert exchange.backend_name is not None
+        chain = self.runtime.backends[exchange.backend_name].chain
+        return any(isinstance(stage, AuthenticateStage) for stage in chain.stages)
+
+    async def _reject_anonymous(self, exchange: _Exchange) -> GatewayResponse:
+        assert exchange.backend_name is not None
+        backend = self.runtime.config.backends[exchange.backend_name]
+        challenge = bearer_challenge(self.runtime.issuer, backend.path)
+        return await self._reject(
+            exchange,
+            401,
+            "missing_token",
+            f"Unauthorized: {MISSING_TOKEN_DETAIL}",
+            code=UNAUTHORIZED,
+            headers={"www-authenticate": challenge},
+        )
+
     async def _reject(
         self,
         exchange: _Exchange,
@@ -281,7 +358,7 @@ class McpEndpoint:
                 stage=HTTP_STAGE,
                 backend=exchange.backend_name,
                 method=message.method if message is not None else None,
-                outcome="denied" if status == 403 else "error",
+                outcome="denied" if status in (401, 403) else "error",
                 reason=reason,
                 status=status,
                 detail=detail,
@@ -383,11 +460,14 @@ def _internal_error(exchange: _Exchange) -> GatewayResponse:
             reason="internal_error",
             headers={"allow": GET_NOT_OFFERED_ALLOW},
         )
-    request_id = (
-        message.id if message is not None and message.kind == "request" else None
-    )
+    if message is not None and message.kind == "request":
+        return jsonrpc_error_response(
+            200, message.id, INTERNAL_ERROR, detail, reason="internal_error"
+        )
+    # A notification, a response or a DELETE has no id for a JSON-RPC error,
+    # and a 2xx would mean that the gateway accepted it.
     return jsonrpc_error_response(
-        200, request_id, INTERNAL_ERROR, detail, reason="internal_error"
+        500, None, INTERNAL_ERROR, detail, reason="internal_error"
     )
 
 

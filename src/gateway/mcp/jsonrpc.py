@@ -15,6 +15,19 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
+MAX_DEPTH = 200
+"""Deepest nesting of arrays and objects accepted in a POST body.
+
+msgspec's own bound counts levels against Python's recursion limit (on
+Python 3.11), so without a fixed bound a message decoded here could fail to
+encode again deeper in the chain. pydantic-core 2.50, whose JSON parser the
+official Python SDK uses, rejects nesting just above 200 levels as well.
+"""
+
+_TOO_DEEP = (
+    f"Parse error: the body nests arrays or objects deeper than {MAX_DEPTH} levels"
+)
+
 MessageKind = Literal["request", "notification", "response"]
 
 _decoder = msgspec.json.Decoder()
@@ -77,8 +90,9 @@ def parse_message(body: bytes) -> JsonRpcMessage:
     Batches (arrays) are rejected: MCP removed JSON-RPC batching in 2025-06-18.
 
     Raises:
-        JsonRpcError: With code -32700 for invalid JSON and -32600 for anything
-            that is not a single well-formed request, notification or response.
+        JsonRpcError: With code -32700 for invalid JSON or JSON nested deeper
+            than :data:`MAX_DEPTH` levels, and -32600 for anything that is not
+            a single well-formed request, notification or response.
     """
     try:
         data = _decoder.decode(body)
@@ -86,6 +100,10 @@ def parse_message(body: bytes) -> JsonRpcMessage:
         raise JsonRpcError(
             "Parse error: the body is not valid JSON", code=PARSE_ERROR
         ) from None
+    except RecursionError:
+        # msgspec's own bound (about 1000 levels less the caller's stack
+        # depth) is far deeper than MAX_DEPTH when the endpoint parses.
+        raise JsonRpcError(_TOO_DEEP, code=PARSE_ERROR) from None
     if isinstance(data, list):
         raise JsonRpcError(
             "Invalid Request: JSON-RPC batches are not supported; "
@@ -96,6 +114,8 @@ def parse_message(body: bytes) -> JsonRpcMessage:
         raise JsonRpcError(
             "Invalid Request: the body must be a JSON-RPC object", code=INVALID_REQUEST
         )
+    if _nests_deeper(body, data, MAX_DEPTH):
+        raise JsonRpcError(_TOO_DEEP, code=PARSE_ERROR)
     raw_id = data.get("id")
     id_ok = "id" in data and _valid_id(raw_id)
     echo_id = raw_id if id_ok else None
@@ -136,6 +156,57 @@ def parse_message(body: bytes) -> JsonRpcMessage:
     )
 
 
+def _nests_deeper(body: bytes, data: dict[str, Any], limit: int) -> bool:
+    # Nesting deeper than the limit needs more opening brackets than the limit,
+    # so the length or a byte count clears most bodies. Only the rest are
+    # walked, one level at a time and without recursion. The walk costs about
+    # as much as decoding: timeit on a 2-core AMD EPYC measured 0.1 us for a
+    # 130-byte tools/call, and for 100 KB with 1000 objects 65 us to count
+    # and 170 us to walk, against 140 us to decode.
+    if len(body) <= limit or body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    level: list[Any] = [data]
+    for _ in range(limit):
+        next_level: list[Any] = []
+        for container in level:
+            children = container.values() if type(container) is dict else container
+            for child in children:
+                # Decoded JSON contains exactly dict and list, never subclasses.
+                if type(child) is dict or type(child) is list:
+                    next_level.append(child)
+        if not next_level:
+            return False
+        level = next_level
+    return True
+
+
+def message_kind(data: Any) -> MessageKind | None:
+    """Return the kind of a decoded JSON-RPC message, or None if it is not one.
+
+    Checks only what a relay needs: the ``jsonrpc`` marker, a string
+    ``method`` for requests and notifications, and a string or integer ``id``
+    with ``result`` or ``error`` for responses.
+    """
+    if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
+        return None
+    method = data.get("method")
+    if isinstance(method, str):
+        if "id" not in data:
+            return "notification"
+        return "request" if _valid_id(data["id"]) else None
+    if "result" in data or "error" in data:
+        # A response to a request whose id could not be read has a null id.
+        raw_id = data.get("id")
+        return "response" if raw_id is None or _valid_id(raw_id) else None
+    return None
+
+
+def same_id(a: Any, b: Any) -> bool:
+    """Return whether two JSON-RPC ids are equal, JSON type included."""
+    # 1 and "1" are different ids, and True == 1 in Python.
+    return type(a) is type(b) and a == b
+
+
 def _valid_id(value: Any) -> bool:
     # bool is a subclass of int, but true/false are not valid ids.
     return isinstance(value, str) or (
@@ -159,8 +230,19 @@ def encode(value: Any) -> bytes:
 
 
 def decode(data: bytes) -> Any:
-    """Decode JSON bytes; raises ``msgspec.DecodeError`` when invalid."""
-    return _decoder.decode(data)
+    """Decode JSON bytes.
+
+    Raises:
+        msgspec.DecodeError: The bytes are not valid JSON, or they nest arrays
+            and objects deeper than msgspec allows. msgspec counts each level
+            against Python's recursion limit, so the bound is a little under
+            1000 levels and depends on the caller's stack depth.
+    """
+    try:
+        return _decoder.decode(data)
+    except RecursionError:
+        msg = "JSON nests arrays or objects too deeply"
+        raise msgspec.DecodeError(msg) from None
 
 
 class ResponseEnvelope(msgspec.Struct):
@@ -190,7 +272,7 @@ def read_response_envelope(body: bytes) -> ResponseEnvelope | None:
     """
     try:
         envelope = _envelope_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, RecursionError):
         return None
     if envelope.jsonrpc != "2.0" or (not envelope.result and not envelope.error):
         return None

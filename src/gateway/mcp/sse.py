@@ -1,4 +1,4 @@
-"""Server-sent events: an incremental parser, an encoder, and message transforms.
+"""Server-sent events: a parser, an encoder, a stream checker and message transforms.
 
 The parser follows the "event stream interpretation" rules of the WHATWG HTML
 standard. It decodes UTF-8 across chunk boundaries and ends lines at CR, LF or
@@ -18,11 +18,14 @@ from typing import Any
 
 import msgspec
 
-from gateway.mcp.jsonrpc import decode, encode
+from gateway.mcp.jsonrpc import decode, encode, message_kind, same_id
 from gateway.mcp.response import GatewayResponse
 
 MessageTransform = Callable[[dict[str, Any]], dict[str, Any] | None]
 """Returns the replacement message, or None (or the same dict) to keep it."""
+
+NO_REQUEST: Any = object()
+"""``answers`` value of a stream that answers no request (the GET stream)."""
 
 
 @dataclass(slots=True)
@@ -167,6 +170,76 @@ def encode_event(event: SseEvent) -> bytes:
             lines.append(f"data: {data_line}")
     lines.append("\n")
     return "\n".join(lines).encode()
+
+
+@dataclass(slots=True)
+class CheckedEvents:
+    """The outcome of checking one chunk of a JSON-RPC event stream.
+
+    Attributes:
+        data: The events to relay, encoded again; empty when none completed.
+        dropped: Why each dropped event was dropped, in stream order.
+    """
+
+    data: bytes
+    dropped: list[str]
+
+
+class EventStreamChecker:
+    """Check the events of an MCP event stream and find the response in it.
+
+    Each complete event is relayed when it carries no data (a comment, or a
+    priming event with only an ``id``) or exactly one JSON-RPC message.
+    Events whose data is not JSON or not a JSON-RPC message are dropped.
+    For the stream of a POST (``answers`` is the request's id), a response to
+    another id is dropped as well, and nothing after the response to the
+    request is relayed.
+
+    Attributes:
+        answered: Whether the response to ``answers`` has been relayed.
+        resumable: Whether an event with a non-empty ``id`` has been relayed,
+            so that the client can resume the stream with ``Last-Event-ID``.
+    """
+
+    def __init__(self, answers: Any = NO_REQUEST) -> None:
+        self._answers = answers
+        self._parser = SseParser()
+        self.answered = False
+        self.resumable = False
+
+    def feed(self, chunk: bytes) -> CheckedEvents:
+        """Check the events that ``chunk`` completes."""
+        out = bytearray()
+        dropped: list[str] = []
+        if self.answered:
+            return CheckedEvents(b"", dropped)
+        for event in self._parser.feed(chunk):
+            problem = self._problem(event)
+            if problem is not None:
+                dropped.append(problem)
+                continue
+            out += encode_event(event)
+            if event.id:
+                self.resumable = True
+            if self.answered:
+                break
+        return CheckedEvents(bytes(out), dropped)
+
+    def _problem(self, event: SseEvent) -> str | None:
+        if not event.data:
+            return None
+        try:
+            message = decode(event.data.encode())
+        except msgspec.DecodeError:
+            return "an event whose data is not valid JSON"
+        kind = message_kind(message)
+        if kind is None:
+            return "an event whose data is not one JSON-RPC message"
+        if kind == "response" and self._answers is not NO_REQUEST:
+            if not same_id(message.get("id"), self._answers):
+                return "a response to another request id"
+            self.answered = True
+        return None
 
 
 def transform_messages(

@@ -22,6 +22,9 @@ UNAUTHORIZED = -32001
 
 MAX_LEEWAY = 300
 
+MISSING_TOKEN_DETAIL = "no access token was sent"
+"""The ``detail`` of a request without an ``Authorization`` header."""
+
 # RFC 6750 section 3: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
 _UNSAFE_DESCRIPTION = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
@@ -102,7 +105,7 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
         """Provide ``principal``, or end the chain with 401."""
         header = ctx.headers.get("authorization", "").strip()
         if not header:
-            return await self._reject(ctx, "missing_token", "no access token was sent")
+            return await self._reject(ctx, "missing_token", MISSING_TOKEN_DETAIL)
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer":
@@ -168,12 +171,11 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
                 detail=detail,
             )
         )
-        metadata = resource_metadata_url(ctx.runtime.issuer, ctx.backend.path)
-        scope = " ".join(SUPPORTED_SCOPES)
-        challenge = f'Bearer resource_metadata="{metadata}", scope="{scope}"'
-        if reason != "missing_token":
-            description = _UNSAFE_DESCRIPTION.sub("", detail)
-            challenge += f', error="invalid_token", error_description="{description}"'
+        challenge = bearer_challenge(
+            ctx.runtime.issuer,
+            ctx.backend.path,
+            error_description=None if reason == "missing_token" else detail,
+        )
         return jsonrpc_error_response(
             401,
             ctx.message.id if ctx.message is not None else None,
@@ -182,6 +184,25 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
             reason=reason,
             headers={"www-authenticate": challenge},
         )
+
+
+def bearer_challenge(
+    issuer: str, backend_path: str, *, error_description: str | None = None
+) -> str:
+    """Build the ``WWW-Authenticate`` value of a 401 from a backend's endpoint.
+
+    The challenge names the backend's protected resource metadata and the
+    supported scopes. With ``error_description`` (a token was sent but is
+    unusable) it adds ``error="invalid_token"`` and the description, with the
+    characters RFC 6750 does not allow there removed.
+    """
+    metadata = resource_metadata_url(issuer, backend_path)
+    scope = " ".join(SUPPORTED_SCOPES)
+    challenge = f'Bearer resource_metadata="{metadata}", scope="{scope}"'
+    if error_description is not None:
+        description = _UNSAFE_DESCRIPTION.sub("", error_description)
+        challenge += f', error="invalid_token", error_description="{description}"'
+    return challenge
 
 
 def _principal(claims: dict[str, Any]) -> Principal:

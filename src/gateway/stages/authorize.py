@@ -32,7 +32,8 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
     agent may not use is answered with HTTP 403 (the token should not have
     been issued, so this only happens after a policy change). A denied
     ``tools/call`` is answered with HTTP 200 and a JSON-RPC error naming the
-    tool and the rule. Both publish ``AccessDenied`` and end the chain.
+    tool and the rule, or with HTTP 403 when it was sent as a notification.
+    Both publish ``AccessDenied`` and end the chain.
     Allowed requests publish ``AccessGranted``. ``tools/list`` results are
     filtered on the way back, with a ``ToolsFiltered`` event when tools were
     removed.
@@ -86,8 +87,11 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
                     f"{agent.id!r} by {rule}"
                 )
                 await self._deny(ctx, principal, agent, "tool_denied", detail)
+                # A notification has no id for the error, so only an HTTP
+                # error status shows its sender that it was not accepted.
+                is_request = ctx.message is not None and ctx.message.kind == "request"
                 return jsonrpc_error_response(
-                    200,
+                    200 if is_request else 403,
                     request_id,
                     ACCESS_DENIED,
                     f"Access denied: {detail}",

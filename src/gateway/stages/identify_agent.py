@@ -32,8 +32,8 @@ class IdentifyAgentStage(BaseStage[RequestContext, GatewayResponse]):
     client gets the ``default`` agent policy.
 
     An agent header that disagrees with the token's agent ends the chain with
-    403 and an ``AgentRejected`` event. Success provides ``agent`` and
-    publishes ``AgentIdentified``.
+    403 and an ``AgentRejected`` event; an empty or blank header is ignored.
+    Success provides ``agent`` and publishes ``AgentIdentified``.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({PRINCIPAL})
@@ -49,10 +49,11 @@ class IdentifyAgentStage(BaseStage[RequestContext, GatewayResponse]):
         agent = self._agent_for(ctx, principal)
         user = UserRef(iss=principal.iss, sub=principal.sub)
         agent_ref = AgentRef(id=agent.id, verified=agent.verified, trust=agent.trust)
-        claimed = ctx.headers.get(self.config.header.lower())
-        if claimed is not None and claimed.strip() != agent.id:
+        # An empty or blank header names no agent, the same as no header.
+        claimed = ctx.headers.get(self.config.header.lower(), "").strip()
+        if claimed and claimed != agent.id:
             detail = (
-                f"the {self.config.header} header names agent {claimed.strip()!r}, "
+                f"the {self.config.header} header names agent {claimed!r}, "
                 f"but the access token was issued to agent {agent.id!r}"
             )
             await ctx.runtime.publish(

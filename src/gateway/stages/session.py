@@ -12,6 +12,7 @@ import structlog
 
 from gateway.context import RequestContext
 from gateway.events import (
+    Outcome,
     SessionCreated,
     SessionEnded,
     SessionRejected,
@@ -25,6 +26,7 @@ from gateway.facts import (
     BackendSession,
     Principal,
 )
+from gateway.mcp.backend import UpstreamStreamError
 from gateway.mcp.jsonrpc import INVALID_REQUEST, decode, encode, parse_message
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
 from gateway.mcp.sse import SseParser, aclose_stream
@@ -56,6 +58,11 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
       another user, agent or backend, ends it with 404 (``unknown_session``),
       the same response in every case so that nothing reveals whether the
       session exists. Both publish ``SessionRejected``.
+    - A request whose id is still in flight in the same session ends the
+      chain with 400 (``request_id_in_use``) and ``SessionRejected``. MCP
+      forbids reusing an id while it is in flight, and a backend may then
+      drop one of the two. Ids are compared as text, so 5 and ``"5"`` count
+      as the same. The id is free again once its response ended.
     - A known session publishes ``SessionResumed`` and extends its expiry.
       When the backend returns 404 because it dropped its session, the stage
       initializes a new backend session with the stored ``initialize``
@@ -72,6 +79,10 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
     def __init__(self, *, name: str, config: Any, resources: Any) -> None:
         super().__init__(name=name, config=config, resources=resources)
         self._reinitializing: dict[str, anyio.Lock] = {}
+        # (gateway session id, request id as text) of the requests in flight.
+        # NOTE: the set covers this process only. Once several replicas serve
+        # one session, the in-flight ids must be tracked in the shared store.
+        self._in_flight: set[tuple[str, str]] = set()
 
     async def handle(
         self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
@@ -106,6 +117,43 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         if ctx.http_method == "DELETE":
             return await self._delete(ctx, call_next, principal, agent, record)
 
+        message = ctx.message
+        if message is None or message.kind != "request":
+            return await self._resume(ctx, call_next, record)
+        # 5 and "5" are different JSON-RPC ids, but the official Python SDK
+        # (mcp 2.3.0, server/streamable_http.py) keys its response streams by
+        # str(id), so such a backend would drop one of the two.
+        key = (record.gateway_session_id, str(message.id))
+        if key in self._in_flight:
+            detail = (
+                "Invalid Request: request id already in use in this session; "
+                "wait for its response or send another id"
+            )
+            await self._reject(
+                ctx, principal, agent, 400, "request_id_in_use", detail, "error"
+            )
+            return jsonrpc_error_response(
+                400, message.id, INVALID_REQUEST, detail, reason="request_id_in_use"
+            )
+        self._in_flight.add(key)
+        try:
+            response = await self._resume(ctx, call_next, record)
+        except BaseException:
+            self._in_flight.discard(key)
+            raise
+
+        async def release(_outcome: StreamOutcome) -> None:
+            self._in_flight.discard(key)
+
+        response.on_close.append(release)
+        return response
+
+    async def _resume(
+        self,
+        ctx: RequestContext,
+        call_next: Next[RequestContext, GatewayResponse],
+        record: SessionRecord,
+    ) -> GatewayResponse:
         await ctx.runtime.sessions.touch(record)
         await ctx.runtime.publish(
             SessionResumed(
@@ -267,12 +315,13 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         status: int,
         reason: str,
         detail: str,
+        outcome: Outcome = "denied",
     ) -> None:
         await ctx.runtime.publish(
             SessionRejected(
                 status=status,
                 detail=detail,
-                outcome="denied",
+                outcome=outcome,
                 reason=reason,
                 **ctx.event_fields(self.name),
             )
@@ -357,6 +406,10 @@ async def _read_messages(response: GatewayResponse) -> list[dict[str, Any]]:
                 chunks.extend(
                     event.data.encode() for event in parser.feed(chunk) if event.data
                 )
+        except UpstreamStreamError:
+            # The stream has already reported the failure and sent its last
+            # event; the messages read so far decide.
+            pass
         finally:
             await aclose_stream(response.stream)
     await _finish_unsent(response, None)

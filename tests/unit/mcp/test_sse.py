@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from gateway.mcp.response import GatewayResponse
-from gateway.mcp.sse import SseEvent, SseParser, encode_event, transform_messages
+from gateway.mcp.sse import (
+    EventStreamChecker,
+    SseEvent,
+    SseParser,
+    encode_event,
+    transform_messages,
+)
 
 
 def parse_all(chunks: list[bytes]) -> list[SseEvent]:
@@ -237,3 +243,38 @@ async def test_transform_messages_closing_stream_closes_source() -> None:
     await iterator.__anext__()
     await iterator.aclose()  # type: ignore[attr-defined]
     assert closed == [True]
+
+
+def test_event_stream_checker_bytewise_stops_after_response() -> None:
+    """Events split byte by byte come out whole; nothing follows the response."""
+    stream = (
+        b'data: {"jsonrpc":"2.0","method":"notifications/progress"}\n\n'
+        b"data: [1, 2]\n\n"
+        b'data: {"jsonrpc":"2.0","id":7,"result":{}}\n\n'
+        b'data: {"jsonrpc":"2.0","method":"late"}\n\n'
+    )
+    checker = EventStreamChecker(answers=7)
+    relayed = bytearray()
+    dropped: list[str] = []
+    for chunk in bytewise(stream):
+        checked = checker.feed(chunk)
+        relayed += checked.data
+        dropped += checked.dropped
+    messages = [json.loads(e.data) for e in parse_all([bytes(relayed)]) if e.data]
+    assert [m.get("method", m.get("id")) for m in messages] == [
+        "notifications/progress",
+        7,
+    ]
+    assert dropped == ["an event whose data is not one JSON-RPC message"]
+    assert checker.answered is True
+    assert checker.resumable is False
+
+
+def test_event_stream_checker_get_stream_keeps_responses() -> None:
+    """A GET stream, tied to no request, relays every valid message."""
+    checker = EventStreamChecker()
+    checked = checker.feed(b'id: 4\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\n\n')
+    assert checked.data == b'id: 4\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\n\n'
+    assert checked.dropped == []
+    assert checker.answered is False
+    assert checker.resumable is True

@@ -18,6 +18,7 @@ from gateway.events import BackendFailed
 from gateway.facts import BACKEND_SESSION, BackendSession
 from gateway.mcp.backend import UpstreamStreamError
 from gateway.mcp.response import GatewayResponse
+from gateway.mcp.sse import SseParser
 from gateway.stages.forward import (
     BACKEND_CHALLENGE,
     BACKEND_SESSION_ID,
@@ -54,6 +55,24 @@ RESOURCES_READ = {
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 RESULT_13 = {"jsonrpc": "2.0", "id": 13, "result": {"tools": []}}
+
+
+def messages_in(stream_body: bytes) -> list[dict[str, Any]]:
+    """Return the JSON-RPC messages of an event stream body."""
+    parser = SseParser()
+    return [json.loads(e.data) for e in parser.feed(stream_body) if e.data]
+
+
+async def read_stream(response: GatewayResponse) -> tuple[bytes, str | None]:
+    """Read a response stream to its end; return its bytes and the error raised."""
+    assert response.stream is not None
+    chunks: list[bytes] = []
+    try:
+        async for chunk in response.stream:
+            chunks.append(chunk)
+    except UpstreamStreamError as exc:
+        return b"".join(chunks), str(exc)
+    return b"".join(chunks), None
 
 
 async def forward(ctx: RequestContext) -> GatewayResponse:
@@ -98,7 +117,7 @@ async def test_forward_post_headers_built_from_scratch() -> None:
         response = await forward(ctx)
 
     sent = backend.received[0]
-    assert sent.body == raw
+    assert json.loads(sent.body) == json.loads(raw)
     assert sent.headers["x-api-key"] == API_KEY
     assert sent.headers["mcp-session-id"] == "b-1"
     assert sent.headers["mcp-protocol-version"] == "2025-06-18"
@@ -325,8 +344,8 @@ async def test_forward_sse_relayed_before_backend_finishes() -> None:
 
 
 @pytest.mark.anyio
-async def test_forward_sse_reset_mid_stream_raises_and_reports() -> None:
-    """A backend that drops the connection mid-stream ends the relay with an error."""
+async def test_forward_sse_reset_mid_stream_answers_and_raises() -> None:
+    """A stream cut before the response ends with the gateway's response, then fails."""
     event = b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n'
     backend = ScriptedBackend(replies=[sse_reply([event], fail_after=True)])
     async with data_path(backend) as path:
@@ -338,7 +357,13 @@ async def test_forward_sse_reset_mid_stream_raises_and_reports() -> None:
                 received.append(chunk)
         await path.settle()
         failed = failures(path)
-    assert received == [event]
+    assert received[0] == event
+    [answer] = messages_in(b"".join(received[1:]))
+    assert answer["id"] == 9
+    assert answer["result"]["isError"] is True
+    assert answer["result"]["content"][0]["text"] == (
+        "backend employees failed while sending its response"
+    )
     assert [event.reason for event in failed] == ["backend_stream_failed"]
 
 
@@ -410,3 +435,164 @@ async def test_forward_delete_tolerates_404_and_405(status: int) -> None:
     assert response.status == 204
     assert backend.received[0].method == "DELETE"
     assert backend.received[0].headers["mcp-session-id"] == "b"
+
+
+PROGRESS = b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n'
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("message", [TOOLS_LIST, TOOLS_CALL], ids=["list", "call"])
+async def test_forward_json_answer_to_other_id_is_invalid(
+    message: dict[str, Any],
+) -> None:
+    """A JSON response for another id never reaches the client as its response."""
+    other = {"jsonrpc": "2.0", "id": "other", "result": {"tools": []}}
+    backend = ScriptedBackend(replies=[json_reply(200, other)])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=message))
+        await path.settle()
+        failed = failures(path)
+    answer = json.loads(response.body)
+    assert response.status == 200
+    assert answer["id"] == message["id"]
+    assert response.reason == "backend_invalid_response"
+    if message["method"] == "tools/call":
+        assert answer["result"]["isError"] is True
+    else:
+        assert answer["error"]["code"] == -32603
+        assert answer["error"]["data"]["reason"] == "backend_invalid_response"
+    assert [event.reason for event in failed] == ["backend_invalid_response"]
+    assert "another request id" in failed[0].detail
+
+
+@pytest.mark.anyio
+async def test_forward_json_answer_id_of_other_type_is_invalid() -> None:
+    """The response to id 13 must carry 13, not "13"."""
+    other = {"jsonrpc": "2.0", "id": "13", "result": {"tools": []}}
+    backend = ScriptedBackend(replies=[json_reply(200, other)])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_LIST))
+    assert json.loads(response.body)["id"] == 13
+    assert response.reason == "backend_invalid_response"
+
+
+@pytest.mark.anyio
+async def test_forward_deeply_nested_json_answer_is_invalid() -> None:
+    """A result nested past the parser's depth becomes a gateway error, not a crash."""
+    deep = b'{"jsonrpc":"2.0","id":13,"result":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    backend = ScriptedBackend(replies=[json_reply(200, deep)])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_LIST))
+    answer = json.loads(response.body)
+    assert answer["id"] == 13
+    assert answer["error"]["data"]["reason"] == "backend_invalid_response"
+
+
+@pytest.mark.anyio
+async def test_forward_sse_ended_unanswered_appends_answer() -> None:
+    """A stream that ends after a notification gets one answer for the id appended."""
+    backend = ScriptedBackend(replies=[sse_reply([PROGRESS])])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_LIST))
+        body, error = await read_stream(response)
+        await path.settle()
+        failed = failures(path)
+    progress, answer = messages_in(body)
+    assert body.startswith(PROGRESS)
+    assert progress["method"] == "notifications/progress"
+    assert answer["id"] == 13
+    assert answer["error"]["code"] == -32603
+    assert answer["error"]["data"]["reason"] == "backend_invalid_response"
+    assert error == "the event stream ended without the response"
+    assert [event.reason for event in failed] == ["backend_invalid_response"]
+
+
+@pytest.mark.anyio
+async def test_forward_sse_invalid_event_dropped_then_answered() -> None:
+    """An event that is not JSON is dropped and reported; the client gets an answer."""
+    events = [b"data: {not json\n\n", b'data: {"jsonrpc":"1.0"}\n\n']
+    backend = ScriptedBackend(replies=[sse_reply(events)])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_CALL))
+        body, error = await read_stream(response)
+        await path.settle()
+        failed = failures(path)
+    [answer] = messages_in(body)
+    assert b"not json" not in body
+    assert answer["id"] == 9
+    assert answer["result"]["isError"] is True
+    assert error is not None
+    assert [event.reason for event in failed] == ["backend_invalid_response"] * 2
+    assert failed[0].detail == (
+        "dropped an event whose data is not valid JSON from the event stream"
+    )
+
+
+@pytest.mark.anyio
+async def test_forward_sse_answer_to_other_id_dropped() -> None:
+    """A response to another id is dropped and the stream waits for its own."""
+    events = [
+        b'data: {"jsonrpc":"2.0","id":"other","result":{}}\n\n',
+        b'data: {"jsonrpc":"2.0","id":9,"result":{"content":[]}}\n\n',
+        PROGRESS,
+    ]
+    backend = ScriptedBackend(replies=[sse_reply(events)])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_CALL))
+        body, error = await read_stream(response)
+    assert body == events[1]
+    assert error is None
+
+
+@pytest.mark.anyio
+async def test_forward_sse_resumable_stream_closed_early_not_answered() -> None:
+    """A stream that sent an event id may close early; the client resumes it."""
+    priming = b"id: ev-1\nretry: 100\ndata: \n\n"
+    backend = ScriptedBackend(replies=[sse_reply([priming])])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_CALL))
+        body, error = await read_stream(response)
+        await path.settle()
+        failed = failures(path)
+    assert messages_in(body) == []
+    assert b"id: ev-1" in body
+    assert error is None
+    assert failed == []
+
+
+@pytest.mark.anyio
+async def test_forward_sse_comment_and_crlf_events_relayed() -> None:
+    """Comments and CRLF-delimited events pass, as complete events."""
+    events = [
+        b": keep-alive\r\n\r\nevent: message\r\ndata: ",
+        b'{"jsonrpc":"2.0","id":9,"result":{}}\r\n\r\n',
+    ]
+    backend = ScriptedBackend(replies=[sse_reply(events)])
+    async with data_path(backend) as path:
+        response = await forward(make_context(path.runtime, message=TOOLS_CALL))
+        body, error = await read_stream(response)
+    assert body == (
+        b": keep-alive\n\n"
+        b'event: message\ndata: {"jsonrpc":"2.0","id":9,"result":{}}\n\n'
+    )
+    assert error is None
+
+
+@pytest.mark.anyio
+async def test_forward_duplicate_keys_backend_gets_checked_message() -> None:
+    """A body that repeats a key reaches the backend as the message stages saw."""
+    raw = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"allowed_tool","name":"denied_tool"},'
+        b'"method":"tools/call"}'
+    )
+    reply = {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}
+    backend = ScriptedBackend(replies=[json_reply(200, reply)])
+    async with data_path(backend) as path:
+        ctx = make_context(path.runtime, message=raw)
+        await forward(ctx)
+    sent = backend.received[0].body
+    assert ctx.tool == "denied_tool"
+    assert sent.count(b'"name"') == 1
+    assert sent.count(b'"method"') == 1
+    assert json.loads(sent)["params"] == {"name": "denied_tool"}

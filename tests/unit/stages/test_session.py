@@ -417,12 +417,13 @@ async def test_session_concurrent_404s_share_one_reinitialize() -> None:
         mini.live.clear()
         results: list[GatewayResponse] = []
 
-        async def one() -> None:
-            results.append(await call(path, chain, gateway_id))
+        async def one(request_id: int) -> None:
+            message = {**TOOLS_LIST, "id": request_id}
+            results.append(await call(path, chain, gateway_id, message=message))
 
         async with anyio.create_task_group() as group:
-            for _ in range(4):
-                group.start_soon(one)
+            for request_id in range(4):
+                group.start_soon(one, request_id)
     initializes = [r for r in app.received if r.body and b'"initialize"' in r.body]
     assert len(initializes) == 2
     assert all(r.status == 200 for r in results)
