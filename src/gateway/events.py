@@ -157,7 +157,10 @@ class SessionEnded(GatewayEvent, frozen=True, kw_only=True):
 
 
 class SessionRejected(GatewayEvent, frozen=True, kw_only=True):
-    """A session id was missing, unknown, ended, or bound to someone else."""
+    """A session id was missing, unknown, ended or bound to someone else.
+
+    Also published when a request reuses an id still in flight in its session.
+    """
 
     status: int
     detail: str

@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from gateway.agents import DEFAULT_AGENT
 from gateway.context import RequestContext
 from gateway.events import AccessDenied, AccessGranted, ToolsFiltered
 from gateway.facts import AGENT, DECISION, PRINCIPAL, AgentIdentity, Decision, Principal
@@ -55,7 +56,15 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
         request_id = ctx.message.id if ctx.message else None
 
         if not agents.allows_backend(agent.id, backend):
-            detail = f"agent {agent.id!r} is not allowed to use backend {backend!r}"
+            detail = (
+                f"agent {agent.id!r} is not allowed to use backend {backend!r}; "
+                "the gateway config may have changed since the token was issued"
+            )
+            if agent.id == DEFAULT_AGENT:
+                detail = (
+                    f"no agent in the gateway config matches client "
+                    f"{agent.client_id!r}, so it may not use backend {backend!r}"
+                )
             await self._deny(ctx, principal, agent, "backend_not_allowed", detail)
             return jsonrpc_error_response(
                 403,
