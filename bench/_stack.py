@@ -1,0 +1,129 @@
+"""Serve the dev IdP and both demo backends for a benchmark, in one process.
+
+Usage: ``python bench/_stack.py OUT_DIR [PIPELINE]``, where ``PIPELINE`` is
+an optional comma-separated stage list that replaces the demo config's
+``pipeline``. Everything listens on 127.0.0.1 on free ports. The backends
+respond with JSON bodies, not with event streams. Once all three accept
+connections, the script writes to ``OUT_DIR``:
+
+- ``gateway.yaml``: the packaged demo config with these addresses, a free
+  port for the gateway and ``var_dir`` under ``OUT_DIR``;
+- ``urls.json``: the base URL of ``gateway``, ``idp``, ``employees`` and
+  ``partners``, and the partners API key and its header name.
+
+``urls.json`` is written last, so its presence means the stack is ready. The
+process serves until it gets SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import yaml
+
+from gateway.config import IdJagAuth, StaticKeyAuth, load_config_text
+from gateway.demo.backends.employees import create_employees_app
+from gateway.demo.backends.partners import create_partners_app
+from gateway.demo.runner import DEMO_PORTS, demo_config_text
+from gateway.demo.serve import bind_socket, run_app
+from gateway.devidp.app import create_devidp_app
+from gateway.devidp.settings import demo_settings
+
+
+def free_port() -> int:
+    # The gateway runs in another process and binds its port itself, so the
+    # port is only reserved until this socket closes. Another program could
+    # take it in between, which is unlikely on a benchmark machine.
+    with bind_socket("127.0.0.1", 0) as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def gateway_config_text(
+    urls: dict[str, str], var_dir: Path, pipeline: str | None
+) -> str:
+    text = demo_config_text()
+    for name, port in DEMO_PORTS.items():
+        text = text.replace(f"http://127.0.0.1:{port}", urls[name])
+    document = yaml.safe_load(text)
+    document["server"]["port"] = int(urls["gateway"].rsplit(":", 1)[1])
+    document["server"]["var_dir"] = str(var_dir)
+    if pipeline:
+        stages = [name.strip() for name in pipeline.split(",")]
+        document["pipeline"] = stages
+        # The config check rejects settings for a stage that no chain uses.
+        for name in list(document.get("stages", {})):
+            if name not in stages:
+                del document["stages"][name]
+    return str(yaml.safe_dump(document, sort_keys=False))
+
+
+async def serve(out_dir: Path, pipeline: str | None) -> None:
+    sockets = {
+        name: bind_socket("127.0.0.1", 0) for name in ("idp", "employees", "partners")
+    }
+    urls = {
+        name: f"http://127.0.0.1:{sock.getsockname()[1]}"
+        for name, sock in sockets.items()
+    }
+    urls["gateway"] = f"http://127.0.0.1:{free_port()}"
+    config_text = gateway_config_text(urls, out_dir / "var", pipeline)
+    config = load_config_text(config_text, source="bench/_stack.py")
+    employees_auth = config.backends["employees"].auth
+    partners_auth = config.backends["partners"].auth
+    assert isinstance(employees_auth, IdJagAuth)
+    assert isinstance(partners_auth, StaticKeyAuth)
+
+    idp_app = create_devidp_app(
+        demo_settings(
+            issuer=urls["idp"],
+            gateway_url=urls["gateway"],
+            employees_resource=employees_auth.resource,
+        )
+    )
+    employees_app = create_employees_app(
+        resource=employees_auth.resource,
+        authorization_server=employees_auth.issuer,
+        jwks_url=employees_auth.issuer + "/v1/keys",
+        json_response=True,
+    )
+    partners_app = create_partners_app(
+        api_key=partners_auth.value, header=partners_auth.header, json_response=True
+    )
+
+    async with AsyncExitStack() as stack:
+        for name, app in (
+            ("idp", idp_app),
+            ("employees", employees_app),
+            ("partners", partners_app),
+        ):
+            await stack.enter_async_context(run_app(app, sock=sockets[name]))
+        (out_dir / "gateway.yaml").write_text(config_text, encoding="utf-8")
+        ready = {
+            **urls,
+            "partners_api_key": partners_auth.value,
+            "partners_api_key_header": partners_auth.header,
+        }
+        staging = out_dir / "urls.json.tmp"
+        staging.write_text(json.dumps(ready), encoding="utf-8")
+        staging.rename(out_dir / "urls.json")
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                return
+
+
+def main() -> None:
+    if len(sys.argv) not in (2, 3):
+        print("usage: python bench/_stack.py OUT_DIR [PIPELINE]", file=sys.stderr)
+        sys.exit(2)
+    pipeline = sys.argv[2] if len(sys.argv) == 3 else None
+    anyio.run(serve, Path(sys.argv[1]), pipeline)
+
+
+if __name__ == "__main__":
+    main()
