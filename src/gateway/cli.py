@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ from gateway.telemetry import configure_logging, configure_tracing
 DEFAULT_CONFIG = Path("config/gateway.yaml")
 
 log = structlog.get_logger("gateway.cli")
+
+# uvloop, where installed, runs the same asyncio code with less CPU per request.
+_BACKEND_OPTIONS = {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +155,7 @@ def _run(path: Path) -> int:
             await serve_app(gateway.asgi, sock=sock, log_level="warning")
 
     try:
-        anyio.run(serve)
+        anyio.run(serve, backend_options=_BACKEND_OPTIONS)
     except ConfigError as exc:
         _print_problems(path, exc.problems)
         return 1
@@ -179,7 +183,7 @@ def _demo(*, check: bool, var_dir: Path, ephemeral: bool) -> int:
         return 0
 
     try:
-        return anyio.run(demo)
+        return anyio.run(demo, backend_options=_BACKEND_OPTIONS)
     except OSError as exc:
         print(f"agent-proxy demo: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -49,6 +49,7 @@ class _Durable:
     sink: Sink
     journal: Journal
     batch_size: int
+    linger: float = 0.0
     delivered: int = 0
     failures: int = 0
     last_error: str | None = None
@@ -85,10 +86,25 @@ class EventBus:
             self._task_group.start_soon(self._run_best_effort, sub)
 
     def subscribe_durable(
-        self, name: str, sink: Sink, journal: Journal, *, batch_size: int = 100
+        self,
+        name: str,
+        sink: Sink,
+        journal: Journal,
+        *,
+        batch_size: int = 100,
+        linger: float = 0.005,
     ) -> None:
-        """Add a durable subscriber that delivers from ``journal`` to ``sink``."""
-        sub = _Durable(name, sink, journal, batch_size)
+        """Add a durable subscriber that delivers from ``journal`` to ``sink``.
+
+        Args:
+            name: The subscriber's name in stats and logs.
+            sink: The destination.
+            journal: Where events wait for delivery, on disk.
+            batch_size: Most events per delivery.
+            linger: Seconds to wait for more events before delivering a batch
+                smaller than ``batch_size``; events are already on disk.
+        """
+        sub = _Durable(name, sink, journal, batch_size, linger)
         self._durable.append(sub)
         if self._task_group is not None:
             self._task_group.start_soon(self._run_durable, sub)
@@ -150,6 +166,9 @@ class EventBus:
             await sub.send.aclose()
         for durable in self._durable:
             durable.journal.close()
+            close = getattr(durable.sink, "close", None)
+            if callable(close):
+                close()
 
     async def _run_best_effort(self, sub: _BestEffort) -> None:
         async with sub.receive:
@@ -163,6 +182,10 @@ class EventBus:
         attempt = 0
         while True:
             await sub.journal.wait()
+            if sub.linger and sub.journal.pending < sub.batch_size:
+                # Events of one request arrive a few at a time; waiting a
+                # moment delivers them in one batch instead of one by one.
+                await anyio.sleep(sub.linger)
             batch = sub.journal.peek(sub.batch_size)
             try:
                 await sub.sink.deliver(batch)

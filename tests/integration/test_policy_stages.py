@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,30 @@ async def test_denied_tool_notification_gets_403(stack: DemoStack) -> None:
     events = await audit_events(stack)
     denied = [e for e in events if e["type"] == "AccessDenied"]
     assert denied[-1]["tool"] == "update_salary"
+
+
+async def test_cached_token_still_expires(
+    stack: DemoStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token verified once is rejected after it expires, cache or not."""
+    from gateway.stages import authenticate
+
+    probe = await probe_for(stack, "partners", "cursor")
+    assert (await probe.initialize()).status_code == 200
+    later = authenticate.time.time() + 24 * 3600
+    monkeypatch.setattr(authenticate.time, "time", lambda: later)
+    response = await probe.post({"jsonrpc": "2.0", "id": 4, "method": "tools/list"})
+    assert response.status_code == 401
+    assert response.json()["error"]["data"]["reason"] == "token_expired"
+
+
+async def test_cached_token_revoked_grant_rejected(stack: DemoStack) -> None:
+    """Revoking the grant ends a token at once, even one verified before."""
+    probe = await probe_for(stack, "partners", "cursor")
+    assert (await probe.initialize()).status_code == 200
+    runtime = stack.gateway.runtime
+    payload = probe.headers["authorization"].split(".")[1]
+    claims = msgspec.json.decode(base64.urlsafe_b64decode(payload + "=="))
+    await runtime.grants.revoke(claims["grant_id"])
+    response = await probe.post({"jsonrpc": "2.0", "id": 5, "method": "tools/list"})
+    assert response.status_code == 401

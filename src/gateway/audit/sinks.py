@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 
@@ -21,18 +22,31 @@ class JsonlSink:
         self.path = path
         self.fsync = fsync
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO | None = None
 
     async def deliver(self, batch: Sequence[bytes]) -> None:
-        """Append the batch; returns once it is written (and fsynced if set)."""
-        data = b"".join(line + b"\n" for line in batch)
-        await anyio.to_thread.run_sync(self._write, data)
+        """Append the batch; returns once it is written (and fsynced if set).
 
-    def _write(self, data: bytes) -> None:
-        with self.path.open("ab") as fh:
-            fh.write(data)
-            fh.flush()
-            if self.fsync:
-                os.fsync(fh.fileno())
+        The write goes to the page cache inline, which takes microseconds;
+        only an fsync, which can take milliseconds, runs in a worker thread.
+        """
+        data = b"".join(line + b"\n" for line in batch)
+        if self._file is None or self._file.closed:
+            self._file = self.path.open("ab")
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError:
+            # Reopen on the next batch; the journal retries this one.
+            self._file.close()
+            raise
+        if self.fsync:
+            await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
+
+    def close(self) -> None:
+        """Close the file; a later delivery opens it again."""
+        if self._file is not None:
+            self._file.close()
 
 
 class StdoutSink:

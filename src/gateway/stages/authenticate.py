@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from collections import OrderedDict
 from typing import Any, ClassVar
 
 import msgspec
@@ -16,6 +18,9 @@ from gateway.oauth.access_tokens import AccessTokenError, verify_access_token
 from gateway.oauth.keys import SUPPORTED_ALGORITHMS
 from gateway.oauth.metadata import SUPPORTED_SCOPES, resource_metadata_url
 from pipeline import BaseStage, Next
+
+VERIFIED_CACHE_SIZE = 10_000
+"""Verified access tokens kept per stage instance, least recently added first out."""
 
 UNAUTHORIZED = -32001
 """JSON-RPC error code of a 401 response, from the implementation-defined range."""
@@ -88,6 +93,7 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
 
     def __init__(self, *, name: str, config: Any, resources: Any) -> None:
         super().__init__(name=name, config=config, resources=resources)
+        self._verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         gateway_config = getattr(resources, "config", None)
         signing = getattr(gateway_config, "signing", None)
         if signing is not None and signing.algorithm not in config.algorithms:
@@ -98,6 +104,15 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
                     f"issues would verify; add {signing.algorithm!r}"
                 ]
             )
+
+    def _remember(self, token: str, resource: str, claims: dict[str, Any]) -> None:
+        # A signature check costs more than the rest of this stage, and the
+        # same token comes back on every request of a session. Expiry is
+        # still checked on every hit, and the grant is looked up every time,
+        # so revocation applies at once.
+        self._verified[(token, resource)] = claims
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
 
     async def handle(
         self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
@@ -117,18 +132,22 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
         if not token:
             return await self._reject(ctx, "invalid_token", "the bearer token is empty")
         runtime = ctx.runtime
-        try:
-            claims = verify_access_token(
-                runtime.keys,
-                token,
-                issuer=runtime.issuer,
-                audience=ctx.resource,
-                algorithms=self.config.algorithms,
-                leeway=self.config.leeway,
-                require_typ=self.config.require_typ,
-            )
-        except AccessTokenError as exc:
-            return await self._reject(ctx, exc.reason, str(exc))
+        claims = self._verified.get((token, ctx.resource))
+        if claims is None or claims["exp"] + self.config.leeway <= time.time():
+            try:
+                claims = verify_access_token(
+                    runtime.keys,
+                    token,
+                    issuer=runtime.issuer,
+                    audience=ctx.resource,
+                    algorithms=self.config.algorithms,
+                    leeway=self.config.leeway,
+                    require_typ=self.config.require_typ,
+                )
+            except AccessTokenError as exc:
+                self._verified.pop((token, ctx.resource), None)
+                return await self._reject(ctx, exc.reason, str(exc))
+            self._remember(token, ctx.resource, claims)
         grant = await runtime.grants.get(claims["grant_id"])
         if grant is None:
             return await self._reject(
