@@ -12,6 +12,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 _configured = False
 
@@ -25,7 +26,9 @@ def configure_tracing(
     are read by the SDK itself. Spans are exported over OTLP/HTTP (protobuf)
     only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set, and never when
-    ``OTEL_SDK_DISABLED`` is ``true``. Calling it again does nothing.
+    ``OTEL_SDK_DISABLED`` is ``true``. Without an exporter and without
+    ``OTEL_TRACES_SAMPLER``, spans are not recorded but still carry ids.
+    Calling it again does nothing.
 
     Returns:
         The provider installed, or None when tracing stays disabled.
@@ -37,10 +40,18 @@ def configure_tracing(
     attributes: dict[str, Any] = {}
     if "OTEL_SERVICE_NAME" not in os.environ:
         attributes[SERVICE_NAME] = default_service_name
-    provider = TracerProvider(resource=Resource.create(attributes))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    ):
+    exporting = bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    sampler = None
+    if not exporting and "OTEL_TRACES_SAMPLER" not in os.environ:
+        # Nothing would receive the spans, so record none. Unsampled spans
+        # still get trace and span ids, which audit events and logs carry
+        # and which are propagated to backends.
+        sampler = ALWAYS_OFF
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    if exporting:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter,
         )
