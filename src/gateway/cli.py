@@ -135,8 +135,16 @@ def _run(path: Path) -> int:
     from gateway.app import open_gateway
     from gateway.demo.serve import bind_socket, serve_app
 
+    from gateway.chains import plan_backend_chains
+
     config = _load(path)
     if config is None:
+        return 1
+    try:
+        # Report chain problems before anything binds a port or writes a key.
+        plan_backend_chains(config)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
         return 1
     host, port = config.server.host, config.server.port
     try:

@@ -155,6 +155,9 @@ async def test_startup_rejects_invalid_chain(tmp_path: Path) -> None:
 def test_run_command_invalid_chain_exits_1_without_traceback(tmp_path: Path) -> None:
     """``agent-proxy run`` prints the problems and exits 1, no traceback."""
     path = write_config(tmp_path, "pipeline: [audit, nope, forward]")
+    # The port is never bound, because the chain is checked first; it is
+    # changed anyway so that a demo running on 8000 cannot hide the check.
+    path.write_text(path.read_text().replace("port: 8000", "port: 1"))
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "run", "--config", str(path)],
         capture_output=True,
