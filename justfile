@@ -28,8 +28,8 @@ test *args:
 
 # Format check, lint and type check.
 lint:
-    {{bin}}ruff format --check src tests
-    {{bin}}ruff check src tests
+    {{bin}}ruff format --check src tests examples bench
+    {{bin}}ruff check src tests examples bench
     {{bin}}mypy
 
 # Run the benchmarks under bench/.

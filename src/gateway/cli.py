@@ -133,9 +133,8 @@ def _check(path: Path) -> int:
 
 def _run(path: Path) -> int:
     from gateway.app import open_gateway
-    from gateway.demo.serve import bind_socket, serve_app
-
     from gateway.chains import plan_backend_chains
+    from gateway.demo.serve import bind_socket, serve_app
 
     config = _load(path)
     if config is None:
