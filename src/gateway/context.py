@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.facts import AGENT, PRINCIPAL
+from gateway.mcp.jsonrpc import MAX_NAME_LENGTH, shorten
 from pipeline import Context
 
 if TYPE_CHECKING:
@@ -108,7 +109,10 @@ class RequestContext(Context):
         self.body = body
         self.message = message
         self.mcp_method = message.method if message is not None else None
-        self.tool = message.tool_name if message is not None else None
+        tool = message.tool_name if message is not None else None
+        # Events copy the tool name, so an over-long one is cut here; the
+        # authorize stage rejects the request itself.
+        self.tool = shorten(tool, MAX_NAME_LENGTH) if tool is not None else None
         self.protocol_version = headers.get("mcp-protocol-version")
         self.session_id = headers.get("mcp-session-id")
         self.response_session_id: str | None = None

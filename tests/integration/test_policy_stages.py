@@ -285,3 +285,61 @@ async def test_cached_token_revoked_grant_rejected(stack: DemoStack) -> None:
     await runtime.grants.revoke(claims["grant_id"])
     response = await probe.post({"jsonrpc": "2.0", "id": 5, "method": "tools/list"})
     assert response.status_code == 401
+
+
+async def test_id_reused_after_answer_accepted(stack: DemoStack) -> None:
+    """A client may reuse an id as soon as its answer arrives, 1 and "1" alike."""
+    probe = await probe_for(stack, "partners", "cursor")
+    assert (await probe.initialize()).status_code == 200
+    headers = {**probe.headers, "mcp-session-id": probe.session_id or ""}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for turn in range(40):
+            request_id: int | str = 1 if turn % 2 else "1"
+            body = msgspec.json.encode(
+                {"jsonrpc": "2.0", "id": request_id, "method": "ping"}
+            )
+            async with client.stream(
+                "POST", probe.url, content=body, headers=headers
+            ) as response:
+                assert response.status_code == 200, (turn, await response.aread())
+                # Stop reading at the answer, as an eager client does; the
+                # next request goes out before this stream has ended.
+                async for line in response.aiter_lines():
+                    if line.startswith("data:") or line.startswith("{"):
+                        break
+
+
+async def test_tools_call_without_name_rejected(stack: DemoStack) -> None:
+    """A tools/call without a string name is invalid params, not forwarded."""
+    probe = await probe_for(stack, "employees", "claude-code")
+    await probe.initialize()
+    for params in ({"arguments": {}}, {"name": ["update_salary"]}, {"name": ""}):
+        response = await probe.post(
+            {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": params}
+        )
+        assert response.status_code == 200
+        error = response.json()["error"]
+        assert error["code"] == -32602, params
+        assert error["data"]["reason"] == "invalid_tool_name"
+
+
+async def test_huge_names_do_not_flood_audit(stack: DemoStack) -> None:
+    """Megabyte names are rejected and never copied whole into events or errors."""
+    probe = await probe_for(stack, "employees", "cursor")
+    await probe.initialize()
+    before = stack.audit_path.stat().st_size
+    huge = "x" * 1_000_000
+    method = await probe.post({"jsonrpc": "2.0", "id": 12, "method": huge})
+    assert method.status_code == 400
+    assert method.json()["error"]["code"] == -32600
+    tool = await probe.post(
+        {"jsonrpc": "2.0", "id": 13, "method": "tools/call", "params": {"name": huge}}
+    )
+    assert tool.json()["error"]["data"]["reason"] == "invalid_tool_name"
+    agent = await probe.post(
+        {"jsonrpc": "2.0", "id": 14, "method": "ping"}, x_mcp_agent="y" * 7000
+    )
+    assert agent.status_code == 403
+    assert len(agent.content) < 1000
+    await audit_events(stack)
+    assert stack.audit_path.stat().st_size - before < 50_000

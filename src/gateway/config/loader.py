@@ -47,7 +47,8 @@ def load_config_text(
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: invalid YAML: {exc}"]) from exc
+        detail = str(exc).replace('"<unicode string>"', source)
+        raise ConfigError([f"{source}: invalid YAML: {detail}"]) from exc
     except RecursionError as exc:
         msg = f"{source}: invalid YAML: nesting too deep (a recursive alias?)"
         raise ConfigError([msg]) from exc

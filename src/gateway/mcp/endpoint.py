@@ -51,6 +51,7 @@ from gateway.mcp.jsonrpc import (
     JsonRpcError,
     JsonRpcMessage,
     parse_message,
+    shorten,
 )
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
 from gateway.mcp.sse import aclose_stream
@@ -221,7 +222,8 @@ class McpEndpoint:
                 else "unknown"
             )
             detail = (
-                f"Bad Request: unsupported protocol version {version!r} ({qualifier}); "
+                f"Bad Request: unsupported protocol version {shorten(version)!r} "
+                f"({qualifier}); "
                 f"supported: {', '.join(HANDSHAKE_PROTOCOL_VERSIONS)}"
             )
             return await self._reject(

@@ -135,6 +135,13 @@ def parse_message(body: bytes) -> JsonRpcMessage:
                 code=INVALID_REQUEST,
                 id=echo_id,
             )
+        if len(method) > MAX_NAME_LENGTH:
+            raise JsonRpcError(
+                f"Invalid Request: method is {len(method)} characters long; "
+                f"at most {MAX_NAME_LENGTH} are accepted",
+                code=INVALID_REQUEST,
+                id=echo_id,
+            )
         params = data.get("params", {})
         if not isinstance(params, dict):
             raise JsonRpcError(
@@ -212,6 +219,21 @@ def _valid_id(value: Any) -> bool:
     return isinstance(value, str) or (
         isinstance(value, int) and not isinstance(value, bool)
     )
+
+
+MAX_NAME_LENGTH = 256
+"""Longest method or tool name accepted; events and logs copy these names."""
+
+
+def shorten(value: str, limit: int = 64) -> str:
+    """Return ``value`` cut to ``limit`` characters, marked when it was cut.
+
+    Used wherever client input is echoed into an error, an event or a log,
+    so that one request cannot make the audit trail grow by megabytes.
+    """
+    if len(value) <= limit:
+        return value
+    return value[:limit] + f"...[{len(value) - limit} more]"
 
 
 def error_body(

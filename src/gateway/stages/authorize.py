@@ -10,6 +10,7 @@ from gateway.agents import DEFAULT_AGENT
 from gateway.context import RequestContext
 from gateway.events import AccessDenied, AccessGranted, ToolsFiltered
 from gateway.facts import AGENT, DECISION, PRINCIPAL, AgentIdentity, Decision, Principal
+from gateway.mcp.jsonrpc import INVALID_PARAMS, MAX_NAME_LENGTH
 from gateway.mcp.response import GatewayResponse, jsonrpc_error_response
 from gateway.mcp.sse import transform_messages
 from pipeline import BaseStage, Next
@@ -86,6 +87,23 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
                 f"Forbidden: {detail}",
                 reason="agent_not_verified",
             )
+
+        if ctx.mcp_method == "tools/call":
+            name = ctx.message.tool_name if ctx.message else None
+            if name is None or not name or len(name) > MAX_NAME_LENGTH:
+                detail = (
+                    "Invalid params: tools/call needs params.name, a non-empty "
+                    f"string of at most {MAX_NAME_LENGTH} characters"
+                )
+                await self._deny(ctx, principal, agent, "invalid_tool_name", detail)
+                is_request = ctx.message is not None and ctx.message.kind == "request"
+                return jsonrpc_error_response(
+                    200 if is_request else 400,
+                    request_id,
+                    INVALID_PARAMS,
+                    detail,
+                    reason="invalid_tool_name",
+                )
 
         rule = f"agents.{agent.id}.backends"
         if ctx.tool is not None:

@@ -9,6 +9,7 @@ import msgspec
 from gateway.context import RequestContext
 from gateway.events import AgentIdentified, AgentRef, AgentRejected, UserRef
 from gateway.facts import AGENT, PRINCIPAL, AgentIdentity, Principal
+from gateway.mcp.jsonrpc import shorten
 from gateway.mcp.response import GatewayResponse, jsonrpc_error_response
 from pipeline import BaseStage, Next
 
@@ -53,7 +54,7 @@ class IdentifyAgentStage(BaseStage[RequestContext, GatewayResponse]):
         claimed = ctx.headers.get(self.config.header.lower(), "").strip()
         if claimed and claimed != agent.id:
             detail = (
-                f"the {self.config.header} header names agent {claimed!r}, "
+                f"the {self.config.header} header names agent {shorten(claimed)!r}, "
                 f"but the access token was issued to agent {agent.id!r}"
             )
             await ctx.runtime.publish(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import anyio
@@ -142,11 +143,31 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             self._in_flight.discard(key)
             raise
 
+        # The id is free once the client can have its answer: before a JSON
+        # body is sent, and before the event that carries the answer is
+        # relayed. A client that waits for each answer is never refused.
+        stream = response.stream
+        if stream is None:
+            self._in_flight.discard(key)
+            return response
+
         async def release(_outcome: StreamOutcome) -> None:
             self._in_flight.discard(key)
 
         response.on_close.append(release)
+        response.stream = self._release_on_answer(stream, key)
         return response
+
+    async def _release_on_answer(
+        self, stream: AsyncIterator[bytes], key: tuple[str, str]
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream:
+                if getattr(stream, "answered", False):
+                    self._in_flight.discard(key)
+                yield chunk
+        finally:
+            await aclose_stream(stream)
 
     async def _resume(
         self,
