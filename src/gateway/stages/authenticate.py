@@ -124,9 +124,11 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer":
+            # Another scheme carries no bearer token at all, so the challenge
+            # has no error code (RFC 6750 section 3.1).
             return await self._reject(
                 ctx,
-                "invalid_token",
+                "missing_token",
                 "the Authorization header must use the Bearer scheme",
             )
         if not token:

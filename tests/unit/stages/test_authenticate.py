@@ -220,18 +220,28 @@ async def test_authenticate_missing_token_challenges(harness: Harness) -> None:
 
 @pytest.mark.parametrize(
     "authorization",
-    ["Bearer", "Bearer   ", "Bearer not.a.jwt", "Basic YTpi", "Bearer a.b.c"],
+    ["Bearer", "Bearer   ", "Bearer not.a.jwt", "Bearer a.b.c"],
 )
 async def test_authenticate_unusable_token_invalid(
     harness: Harness, authorization: str
 ) -> None:
-    """Empty, malformed or non-bearer credentials get error="invalid_token"."""
+    """Empty or malformed bearer tokens get error="invalid_token"."""
     response = await harness.call(authorization)
     assert response.status == 401
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith(f'Bearer resource_metadata="{PRM}"')
     assert 'error="invalid_token"' in challenge
     assert error_of(response)["error"]["data"]["reason"] == "invalid_token"
+
+
+async def test_authenticate_other_scheme_no_error_code(harness: Harness) -> None:
+    """A non-bearer scheme sent no bearer token, so the challenge has no error."""
+    response = await harness.call("Basic YTpi")
+    assert response.status == 401
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith(f'Bearer resource_metadata="{PRM}"')
+    assert "error=" not in challenge
+    assert error_of(response)["error"]["data"]["reason"] == "missing_token"
 
 
 async def test_authenticate_expired_token_reason(harness: Harness) -> None:
