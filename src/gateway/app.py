@@ -32,6 +32,7 @@ from gateway.mcp.headers import read_headers
 from gateway.oauth.exception_handlers import oauth_exception_handlers
 from gateway.oauth.grants import GrantStore
 from gateway.oauth.keys import SigningKeys
+from gateway.oauth.ratelimit import OAuthRateLimiter, RateLimitMiddleware
 from gateway.oauth.responses import NO_STORE
 from gateway.oauth.routes import OAUTH_PATHS, create_oauth_handlers
 from gateway.oauth.upstream import UpstreamClient
@@ -86,6 +87,7 @@ async def open_gateway(
     for warning in warnings:
         log.warning("config.warning", detail=warning)
 
+    oauth_middleware = _oauth_middleware(config)
     store = store or MemoryStore()
     bus = EventBus()
     http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
@@ -127,7 +129,7 @@ async def open_gateway(
         runtime.by_path[backend.path] = name
 
     oauth_app = Litestar(
-        route_handlers=create_oauth_handlers(),
+        route_handlers=create_oauth_handlers(middleware=oauth_middleware),
         exception_handlers=oauth_exception_handlers(),
         state=State({"runtime": runtime}),
         openapi_config=None,
@@ -155,6 +157,22 @@ async def open_gateway(
             await runtime.credentials.aclose()
             await http.aclose()
         log.info("gateway.stopped")
+
+
+def _oauth_middleware(config: GatewayConfig) -> list[RateLimitMiddleware]:
+    """Return the rate limiter of the OAuth endpoints, or none when disabled.
+
+    Raises:
+        ConfigError: A ``trusted_proxies`` entry is not an address or network.
+    """
+    settings = config.oauth.rate_limits
+    if not settings.enabled:
+        return []
+    try:
+        limiter = OAuthRateLimiter(settings)
+    except ValueError as exc:
+        raise ConfigError([f"oauth.rate_limits.trusted_proxies: {exc}"]) from exc
+    return [RateLimitMiddleware(limiter)]
 
 
 def _subscribe(runtime: Runtime, config: GatewayConfig) -> None:

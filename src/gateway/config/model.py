@@ -79,6 +79,41 @@ class SigningConfig(_Config, frozen=True):
     """Refresh token lifetime in seconds."""
 
 
+class RateLimit(_Config, frozen=True):
+    """A token bucket: a sustained rate and the burst allowed on top of it."""
+
+    per_minute: PositiveInt
+    """Requests allowed per minute, on average, from one key."""
+    burst: PositiveInt
+    """Requests one key may send at once before the rate applies."""
+
+
+class RateLimitsConfig(_Config, frozen=True):
+    """Per-address request limits of the OAuth endpoints (not discovery or JWKS)."""
+
+    enabled: bool = True
+    """Whether the OAuth endpoints are rate-limited at all."""
+    register: RateLimit = RateLimit(per_minute=20, burst=10)
+    """``POST /oauth2/register``, per client address."""
+    token: RateLimit = RateLimit(per_minute=120, burst=30)
+    """``POST /oauth2/token``, per client address and again per ``client_id``."""
+    authorize: RateLimit = RateLimit(per_minute=60, burst=20)
+    """The browser endpoints ``authorize``, ``consent`` and ``callback`` together."""
+    max_tracked_keys: Annotated[int, msgspec.Meta(ge=100)] = 10_000
+    """Buckets kept per endpoint group; the least recently used one is dropped."""
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    """Proxy addresses or CIDR networks whose ``X-Forwarded-For`` is believed."""
+
+
+class OAuthConfig(_Config, frozen=True):
+    """Limits of the OAuth front door: request rates and registration lifetime."""
+
+    client_ttl: Seconds = 30 * 24 * 3600
+    """Seconds a dynamically registered client lives without being used."""
+    rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
+    """Request rate limits of the OAuth endpoints."""
+
+
 class ToolRules(_Config, frozen=True):
     """Allow and deny patterns (fnmatch globs) for one backend's tools."""
 
@@ -191,6 +226,7 @@ class GatewayConfig(_Config, frozen=True):
     upstream: UpstreamConfig
     backends: dict[str, BackendConfig]
     signing: SigningConfig = msgspec.field(default_factory=SigningConfig)
+    oauth: OAuthConfig = msgspec.field(default_factory=OAuthConfig)
     agents: dict[str, AgentConfig] = msgspec.field(default_factory=dict)
     default_agent: DefaultAgentConfig = msgspec.field(
         default_factory=DefaultAgentConfig

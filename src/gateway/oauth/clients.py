@@ -26,6 +26,8 @@ RESPONSE_TYPES = ("code",)
 MAX_REDIRECT_URIS = 20
 MAX_CLIENT_NAME_LENGTH = 200
 MAX_SCOPE_LENGTH = 1000
+DEFAULT_CLIENT_TTL = 30 * 24 * 3600
+"""Seconds a dynamically registered client lives unused (``oauth.client_ttl``)."""
 
 
 class ClientRecord(msgspec.Struct, kw_only=True):
@@ -44,6 +46,9 @@ class ClientRecord(msgspec.Struct, kw_only=True):
         secret_hash: SHA-256 of the client secret (hex) for confidential
             clients. The secret itself is never stored.
         scope: The ``scope`` the client registered, if any.
+        ttl: Seconds the client lives without being looked up, for a
+            dynamically registered client; None for a pre-registered client,
+            which never expires.
     """
 
     client_id: str
@@ -55,6 +60,7 @@ class ClientRecord(msgspec.Struct, kw_only=True):
     pre_approved: bool = False
     secret_hash: str | None = None
     scope: str | None = None
+    ttl: int | None = None
 
     @property
     def is_public(self) -> bool:
@@ -84,8 +90,12 @@ class RegistrationError(Exception):
 class ClientRegistry:
     """Registered clients in the state store (namespace ``client``).
 
-    Clients do not expire; the store's per-namespace bound evicts the least
-    recently written ones when it is reached.
+    A dynamically registered client expires after its ``ttl`` unless it is
+    used: every lookup, at each authorization request and each token request,
+    writes it again with a fresh ``ttl``. Pre-registered clients never
+    expire. Because every lookup rewrites the record, a client in use is also
+    the last the store's per-namespace bound evicts, since the store evicts
+    the least recently written entries first.
     """
 
     NAMESPACE = "client"
@@ -94,17 +104,31 @@ class ClientRegistry:
         self._clients = TypedStore(store, self.NAMESPACE, ClientRecord)
 
     async def get(self, client_id: str) -> ClientRecord | None:
-        """Return a client, or None when unknown."""
+        """Return a client and restart its ``ttl``, or None when unknown or expired."""
         if not client_id or len(client_id) > 200:
             return None
-        return await self._clients.get(client_id)
+        record = await self._clients.get(client_id)
+        if record is not None and record.ttl is not None:
+            await self.save(record)
+        return record
 
     async def save(self, record: ClientRecord) -> None:
-        """Store a client, replacing one with the same id (pre-registration)."""
-        await self._clients.set(record.client_id, record)
+        """Store a client, replacing one with the same id.
 
-    async def register(self, metadata: Any) -> tuple[ClientRecord, str | None]:
+        The record expires after ``record.ttl`` seconds, or never when it is
+        None (pre-registration).
+        """
+        await self._clients.set(record.client_id, record, ttl=record.ttl)
+
+    async def register(
+        self, metadata: Any, *, ttl: int | None = DEFAULT_CLIENT_TTL
+    ) -> tuple[ClientRecord, str | None]:
         """Validate RFC 7591 client metadata and register a new client.
+
+        Args:
+            metadata: The decoded JSON body of the registration request.
+            ttl: Seconds the client lives unused (``oauth.client_ttl``);
+                None registers a client that never expires.
 
         Returns:
             The record and, for a confidential client, its new secret (shown
@@ -118,6 +142,7 @@ class ClientRegistry:
         if not record.is_public:
             secret = secrets.token_urlsafe(32)
             record.secret_hash = hash_secret(secret)
+        record.ttl = ttl
         await self.save(record)
         return record, secret
 

@@ -57,7 +57,9 @@ async def register_client(request: Request[Any, Any, Any]) -> Response[bytes]:
             "invalid_client_metadata", "the request body is nested too deeply"
         )
     try:
-        record, secret = await ClientRegistry(runtime.store).register(metadata)
+        record, secret = await ClientRegistry(runtime.store).register(
+            metadata, ttl=runtime.config.oauth.client_ttl
+        )
     except RegistrationError as exc:
         log.info("oauth.registration_rejected", error=exc.error, detail=exc.description)
         return oauth_error(exc.error, exc.description)
