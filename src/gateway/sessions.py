@@ -13,10 +13,21 @@ import time
 from typing import Any
 
 import msgspec
+import structlog
 
 from gateway.store import Store, TypedStore
 
+log = structlog.get_logger("gateway.sessions")
+
+
+class _UserSessions(msgspec.Struct):
+    ids: list[str]
+
+
 NAMESPACE = "session"
+USER_INDEX_NAMESPACE = "user_sessions"
+MAX_SESSIONS_PER_USER = 100
+"""Live sessions one user may hold; creating one more ends that user's oldest."""
 MAX_SESSION_ID_LENGTH = 256
 """Longer ``Mcp-Session-Id`` values are treated as unknown without a lookup."""
 
@@ -88,9 +99,17 @@ class SessionStore:
     an idle session ends between ``0.9 * ttl`` and ``ttl`` after its last use.
     """
 
-    def __init__(self, store: Store, *, ttl: float = 3600) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        ttl: float = 3600,
+        max_per_user: int = MAX_SESSIONS_PER_USER,
+    ) -> None:
         self.ttl = ttl
+        self.max_per_user = max_per_user
         self._records = TypedStore(store, NAMESPACE, SessionRecord)
+        self._by_user = TypedStore(store, USER_INDEX_NAMESPACE, _UserSessions)
 
     async def create(
         self,
@@ -121,7 +140,30 @@ class SessionStore:
             # A collision of 256-bit random ids does not happen in practice;
             # add() makes it harmless anyway.
             if await self._records.add(record.gateway_session_id, record, self.ttl):
+                await self._index(record)
                 return record
+
+    async def _index(self, record: SessionRecord) -> None:
+        # The store is bounded and evicts the least recently written entry,
+        # so without a cap one user opening sessions in a loop would push
+        # other users' sessions out. The cap ends the same user's oldest
+        # sessions instead; their next request gets 404 and re-initializes.
+        # NOTE: the read-modify-write of the index is not atomic across
+        # replicas; a shared store needs a list or set type for it.
+        key = f"{record.user_iss}\n{record.user_sub}"
+        index = await self._by_user.get(key)
+        ids = [] if index is None else index.ids
+        live = [sid for sid in ids if await self._records.get(sid) is not None]
+        live.append(record.gateway_session_id)
+        while len(live) > self.max_per_user:
+            oldest = live.pop(0)
+            await self._records.delete(oldest)
+            log.warning(
+                "session.evicted",
+                reason="max_sessions_per_user",
+                max_per_user=self.max_per_user,
+            )
+        await self._by_user.set(key, _UserSessions(ids=live), self.ttl)
 
     async def get(self, session_id: str) -> SessionRecord | None:
         """Return the session, or None when unknown, ended, expired or malformed."""
