@@ -26,13 +26,9 @@ from pathlib import Path
 import anyio
 import yaml
 
-from gateway.config import IdJagAuth, StaticKeyAuth, load_config_text
-from gateway.demo.backends.employees import create_employees_app
-from gateway.demo.backends.partners import create_partners_app
-from gateway.demo.runner import DEMO_PORTS, demo_config_text
+from gateway.config import StaticKeyAuth, load_config_text
+from gateway.demo.runner import DEMO_PORTS, demo_config_text, demo_peer_apps
 from gateway.demo.serve import bind_socket, run_app
-from gateway.devidp.app import create_devidp_app
-from gateway.devidp.settings import demo_settings
 
 
 def free_port() -> int:
@@ -74,34 +70,12 @@ async def serve(out_dir: Path, pipeline: str | None) -> None:
     urls["gateway"] = f"http://127.0.0.1:{free_port()}"
     config_text = gateway_config_text(urls, out_dir / "var", pipeline)
     config = load_config_text(config_text, source="bench/_stack.py")
-    employees_auth = config.backends["employees"].auth
     partners_auth = config.backends["partners"].auth
-    assert isinstance(employees_auth, IdJagAuth)
     assert isinstance(partners_auth, StaticKeyAuth)
-
-    idp_app = create_devidp_app(
-        demo_settings(
-            issuer=urls["idp"],
-            gateway_url=urls["gateway"],
-            employees_resource=employees_auth.resource,
-        )
-    )
-    employees_app = create_employees_app(
-        resource=employees_auth.resource,
-        authorization_server=employees_auth.issuer,
-        jwks_url=employees_auth.issuer + "/v1/keys",
-        json_response=True,
-    )
-    partners_app = create_partners_app(
-        api_key=partners_auth.value, header=partners_auth.header, json_response=True
-    )
+    apps = demo_peer_apps(config, urls, json_response=True)
 
     async with AsyncExitStack() as stack:
-        for name, app in (
-            ("idp", idp_app),
-            ("employees", employees_app),
-            ("partners", partners_app),
-        ):
+        for name, app in apps.items():
             await stack.enter_async_context(run_app(app, sock=sockets[name]))
         (out_dir / "gateway.yaml").write_text(config_text, encoding="utf-8")
         ready = {

@@ -27,15 +27,14 @@ from litestar.datastructures import State
 from mcp.client.auth import OAuthClientProvider
 from mcp.shared.auth import (
     AuthorizationCodeResult,
-    OAuthClientInformationFull,
     OAuthClientMetadata,
-    OAuthToken,
 )
 from pydantic import AnyUrl
 
 from gateway.agents import AgentResolver
 from gateway.config import GatewayConfig
 from gateway.context import RequestContext
+from gateway.demo.driver import MemoryTokenStorage
 from gateway.demo.serve import bind_socket, run_app
 from gateway.devidp import create_devidp_app, demo_settings
 from gateway.events import (
@@ -967,26 +966,6 @@ async def test_access_token_passes_authenticate_stage(gateway: Gateway) -> None:
     await gateway.refresh(client, tokens["refresh_token"])
     revoked = await call("employees")
     assert decode(revoked.body)["error"]["data"]["reason"] == "grant_revoked"
-
-
-class MemoryTokenStorage:
-    """The MCP SDK's token storage protocol, in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
 
 
 async def test_mcp_sdk_oauth_client_discovers_and_signs_in(gateway: Gateway) -> None:

@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -64,6 +65,45 @@ def demo_config(urls: dict[str, str], var_dir: Path) -> GatewayConfig:
     return msgspec.structs.replace(config, server=server)
 
 
+def demo_peer_apps(
+    config: GatewayConfig, urls: dict[str, str], *, json_response: bool = False
+) -> dict[str, Any]:
+    """Build the dev IdP and the two demo backends that ``config`` points at.
+
+    Args:
+        config: A demo config: ``employees`` uses ``id-jag`` and ``partners``
+            a static key.
+        urls: Base URLs of ``idp`` and ``gateway``.
+        json_response: Make the backends answer each POST with one JSON body.
+
+    Returns:
+        The ASGI apps by name: ``idp``, ``employees`` and ``partners``.
+    """
+    employees_auth = config.backends["employees"].auth
+    partners_auth = config.backends["partners"].auth
+    assert isinstance(employees_auth, IdJagAuth)
+    assert isinstance(partners_auth, StaticKeyAuth)
+    idp = create_devidp_app(
+        demo_settings(
+            issuer=urls["idp"],
+            gateway_url=urls["gateway"],
+            employees_resource=employees_auth.resource,
+        )
+    )
+    employees = create_employees_app(
+        resource=employees_auth.resource,
+        authorization_server=employees_auth.issuer,
+        jwks_url=employees_auth.issuer + "/v1/keys",
+        json_response=json_response,
+    )
+    partners = create_partners_app(
+        api_key=partners_auth.value,
+        header=partners_auth.header,
+        json_response=json_response,
+    )
+    return {"idp": idp, "employees": employees, "partners": partners}
+
+
 @asynccontextmanager
 async def run_demo(
     *, ephemeral: bool = False, var_dir: Path = Path("var")
@@ -95,33 +135,16 @@ async def run_demo(
         for name, sock in sockets.items()
     }
     config = demo_config(urls, var_dir)
-    employees_auth = config.backends["employees"].auth
-    partners_auth = config.backends["partners"].auth
-    assert isinstance(employees_auth, IdJagAuth)
-    assert isinstance(partners_auth, StaticKeyAuth)
-
-    idp_app = create_devidp_app(
-        demo_settings(
-            issuer=urls["idp"],
-            gateway_url=urls["gateway"],
-            employees_resource=employees_auth.resource,
-        )
-    )
-    employees_app = create_employees_app(
-        resource=employees_auth.resource,
-        authorization_server=employees_auth.issuer,
-        jwks_url=employees_auth.issuer + "/v1/keys",
-    )
-    partners_app = create_partners_app(
-        api_key=partners_auth.value, header=partners_auth.header
-    )
+    apps = demo_peer_apps(config, urls)
 
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(run_app(idp_app, sock=sockets["idp"]))
+        await stack.enter_async_context(run_app(apps["idp"], sock=sockets["idp"]))
         await stack.enter_async_context(
-            run_app(employees_app, sock=sockets["employees"])
+            run_app(apps["employees"], sock=sockets["employees"])
         )
-        await stack.enter_async_context(run_app(partners_app, sock=sockets["partners"]))
+        await stack.enter_async_context(
+            run_app(apps["partners"], sock=sockets["partners"])
+        )
         gateway = await stack.enter_async_context(open_gateway(config))
         await stack.enter_async_context(run_app(gateway.asgi, sock=sockets["gateway"]))
         yield DemoStack(

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import msgspec
 
-from gateway.errors import ExchangeError, UpstreamError
+from gateway.errors import ExchangeError
 from gateway.store import Store, TypedStore
 
 
@@ -148,8 +148,6 @@ class GrantStore:
                 step="upstream_refresh",
                 reason="reauthentication_required",
             ) from exc
-        except UpstreamError:
-            raise
         grant.upstream_id_token = tokens.id_token
         grant.id_token_expires_at = tokens.id_token_expires_at
         if tokens.refresh_token:

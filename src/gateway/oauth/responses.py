@@ -28,7 +28,7 @@ _HTML_HEADERS = {
 
 _encoder = msgspec.json.Encoder()
 
-_NOT_DESCRIPTION_CHARACTER = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+NOT_DESCRIPTION_CHARACTER = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 """A character outside those RFC 6749 section 5.2 allows in ``error_description``."""
 
 
@@ -39,7 +39,7 @@ def error_description(text: str) -> str:
     backslash, so a value quoted in one (a client name, a path) is
     percent-encoded where it has other characters.
     """
-    return _NOT_DESCRIPTION_CHARACTER.sub(lambda match: quote(match[0], safe=""), text)
+    return NOT_DESCRIPTION_CHARACTER.sub(lambda match: quote(match[0], safe=""), text)
 
 
 def json_response(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 from typing import Any, ClassVar
@@ -17,6 +16,7 @@ from gateway.mcp.response import GatewayResponse, jsonrpc_error_response
 from gateway.oauth.access_tokens import AccessTokenError, verify_access_token
 from gateway.oauth.keys import SUPPORTED_ALGORITHMS
 from gateway.oauth.metadata import SUPPORTED_SCOPES, resource_metadata_url
+from gateway.oauth.responses import NOT_DESCRIPTION_CHARACTER
 from pipeline import BaseStage, Next
 
 VERIFIED_CACHE_SIZE = 10_000
@@ -29,9 +29,6 @@ MAX_LEEWAY = 300
 
 MISSING_TOKEN_DETAIL = "no access token was sent"
 """The ``detail`` of a request without an ``Authorization`` header."""
-
-# RFC 6750 section 3: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
-_UNSAFE_DESCRIPTION = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 
 class AuthenticateConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -221,7 +218,8 @@ def bearer_challenge(
     scope = " ".join(SUPPORTED_SCOPES)
     challenge = f'Bearer resource_metadata="{metadata}", scope="{scope}"'
     if error_description is not None:
-        description = _UNSAFE_DESCRIPTION.sub("", error_description)
+        # RFC 6750 section 3 allows the same characters as RFC 6749.
+        description = NOT_DESCRIPTION_CHARACTER.sub("", error_description)
         challenge += f', error="invalid_token", error_description="{description}"'
     return challenge
 
