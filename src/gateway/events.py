@@ -101,7 +101,7 @@ class AccessGranted(GatewayEvent, frozen=True, kw_only=True):
 
 
 class AccessDenied(GatewayEvent, frozen=True, kw_only=True):
-    """Policy denied the request; ``reason`` says why."""
+    """Policy denied the request; ``reason`` gives the cause."""
 
     detail: str
 

@@ -45,7 +45,7 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AgentIdentity(msgspec.Struct, frozen=True, kw_only=True):
-    """Which agent is calling and how sure the gateway is of it.
+    """The calling agent and how far the gateway trusts that identity.
 
     Attributes:
         id: The agent's name in config (``cursor``), or ``default`` when unmatched.

@@ -25,8 +25,8 @@ class Sink(Protocol):
     """The destination of a durable subscriber.
 
     :meth:`deliver` receives encoded events in publication order. It returns
-    only once the batch is safely at its destination; raising means the whole
-    batch is retried later, so destinations should de-duplicate by event ``id``.
+    only once the batch is safely at its destination. Raising makes the bus
+    retry the whole batch later, so destinations de-duplicate by event ``id``.
     """
 
     async def deliver(self, batch: Sequence[bytes]) -> None:
@@ -100,7 +100,7 @@ class EventBus:
             name: The subscriber's name in stats and logs.
             sink: The destination.
             journal: Where events wait for delivery, on disk.
-            batch_size: Most events per delivery.
+            batch_size: Maximum number of events per delivery.
             linger: Seconds to wait for more events before delivering a batch
                 smaller than ``batch_size``; events are already on disk.
         """

@@ -60,7 +60,7 @@ class Chain(Generic[CtxT, RespT]):
 
 @dataclass(frozen=True)
 class StageDeclaration:
-    """How one stage of a built chain was declared.
+    """The declaration of one stage of a built chain.
 
     Attributes:
         ref: The reference as written in YAML.
@@ -108,8 +108,8 @@ def plan_chain(
         settings_path: The YAML path of ``settings``.
         given: Facts the host provides before the chain runs.
         check_unused_settings: Report settings for references that are not in
-            the chain; hosts that share ``settings`` between several chains
-            turn this off and check the union themselves.
+            the chain. A host that shares ``settings`` between several chains
+            turns this off and checks the union of the chains itself.
 
     Returns:
         The validated plan.

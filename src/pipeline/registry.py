@@ -39,7 +39,7 @@ class StageRegistry:
 
         Raises:
             StageLookupError: The name is unknown or the import failed; the
-                message says which and, for names, lists the known ones.
+                message names the cause and, for names, lists the known ones.
         """
         if ":" in ref:
             return _import_class(ref)

@@ -110,7 +110,7 @@ def _locate(exc: msgspec.ValidationError, raw: Any) -> str:
     """Describe a validation error with its full YAML path.
 
     msgspec writes ``[...]`` for a mapping key, so for the named sections the
-    entries are validated one by one to find which key holds the bad value.
+    entries are validated one by one to find which key contains the bad value.
     """
     text = str(exc)
     for section, entry_type in _ENTRY_TYPES.items():
@@ -135,7 +135,7 @@ def _with_path(exc: msgspec.ValidationError, raw: Any, prefix: str = "") -> str:
         relative = f"{prefix}.{relative}" if relative else prefix
     yaml_path = relative
     if head.startswith("Invalid value"):
-        # msgspec already quotes the value; say what would be valid instead.
+        # msgspec already quotes the value, so list the valid values instead.
         shown = ""
         if yaml_path.endswith("auth.kind"):
             shown = "; expected one of: basic, id-jag, none, static-key"

@@ -1,8 +1,8 @@
 """The demo's self-check: the official MCP client through every stage.
 
 Each step signs in as one demo agent with the official MCP client, then
-lists and calls tools, and compares what happened with what the demo config
-says should happen. The audit file is checked last.
+lists and calls tools, and compares the outcome with what the demo config
+allows. The audit file is checked last.
 """
 
 from __future__ import annotations

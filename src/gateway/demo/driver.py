@@ -1,10 +1,11 @@
 """Drive the official MCP client through sign-in and calls, acting as the browser.
 
 The MCP SDK's ``OAuthClientProvider`` does discovery, dynamic registration,
-PKCE and the token request. Where a person would use a browser, this driver
-fetches the authorization URL, adds ``login_hint``, submits the consent form,
-follows the redirects through the IdP, and takes the code from the final
-redirect to the client's loopback ``redirect_uri`` without a server there.
+PKCE and the token request. This driver does what a person's browser would:
+it fetches the authorization URL with ``login_hint`` added, submits the
+consent form and follows the redirects through the IdP. It takes the code
+from the final redirect to the client's loopback ``redirect_uri``, so no
+server needs to listen there.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def _consent_submission(
 
 @dataclass
 class CallReport:
-    """What one client session did.
+    """The outcome of one client session.
 
     Attributes:
         tools: Tool names listed.

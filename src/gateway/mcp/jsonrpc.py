@@ -222,7 +222,7 @@ def _valid_id(value: Any) -> bool:
 
 
 MAX_NAME_LENGTH = 256
-"""Longest method or tool name accepted; events and logs copy these names."""
+"""Maximum length of a method or tool name, because events and logs copy them."""
 
 
 def shorten(value: str, limit: int = 64) -> str:

@@ -31,11 +31,11 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
     """Apply agent policy: allowed backends and per-tool allow/deny rules.
 
     Reads ``principal`` and ``agent``; provides ``decision``. A backend the
-    agent may not use is answered with HTTP 403 (the token should not have
-    been issued, so this only happens after a policy change). A denied
-    ``tools/call`` is answered with HTTP 200 and a JSON-RPC error naming the
-    tool and the rule, or with HTTP 403 when it was sent as a notification.
-    Both publish ``AccessDenied`` and end the chain.
+    agent may not use gets HTTP 403 (sign-in refuses such a token, so this
+    only happens after a policy change). A denied ``tools/call`` gets HTTP
+    200 and a JSON-RPC error naming the tool and the rule, or HTTP 403 when
+    it was sent as a notification. A ``tools/call`` without a valid tool name
+    gets -32602. Each of these publishes ``AccessDenied`` and ends the chain.
     Allowed requests publish ``AccessGranted``. ``tools/list`` results are
     filtered on the way back, with a ``ToolsFiltered`` event when tools were
     removed.

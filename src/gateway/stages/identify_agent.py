@@ -28,7 +28,7 @@ class IdentifyAgentStage(BaseStage[RequestContext, GatewayResponse]):
     """Identify the agent from the verified token, never from a header alone.
 
     Reads the ``principal`` fact. The agent recorded in the access token at
-    issuance is used when it still names a configured agent; otherwise the
+    issuance is used when it still names a configured agent. Otherwise the
     client is matched against the current config again, and an unmatched
     client gets the ``default`` agent policy.
 
@@ -45,7 +45,7 @@ class IdentifyAgentStage(BaseStage[RequestContext, GatewayResponse]):
     async def handle(
         self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
     ) -> GatewayResponse:
-        """Provide the ``agent`` fact or answer 403 on a conflicting header."""
+        """Provide the ``agent`` fact, or return 403 on a conflicting header."""
         principal: Principal = ctx.fact(PRINCIPAL)
         agent = self._agent_for(ctx, principal)
         user = UserRef(iss=principal.iss, sub=principal.sub)

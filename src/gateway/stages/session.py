@@ -143,9 +143,9 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             self._in_flight.discard(key)
             raise
 
-        # The id is free once the client can have its answer: before a JSON
-        # body is sent, and before the event that carries the answer is
-        # relayed. A client that waits for each answer is never refused.
+        # The id is free once the client can have its response: before a JSON
+        # body is sent, and before the event that carries the response is
+        # relayed. A client that waits for each response is never rejected.
         stream = response.stream
         if stream is None:
             self._in_flight.discard(key)
