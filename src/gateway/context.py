@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.facts import AGENT, PRINCIPAL
+from gateway.mcp.eras import Envelope, Era, era_of
 from gateway.mcp.jsonrpc import MAX_NAME_LENGTH, shorten
 from pipeline import Context
 
@@ -34,6 +35,10 @@ class RequestContext(Context):
         mcp_method: The JSON-RPC method, or None (responses, GET, DELETE).
         tool: The tool name of a ``tools/call``, or None.
         protocol_version: The client's ``MCP-Protocol-Version`` header, if any.
+        era: The client's protocol era, from that header (``handshake`` when
+            the header is absent).
+        envelope: The checked 2026-07-28 envelope of a stateless request,
+            else None.
         session_id: The client's ``Mcp-Session-Id`` header, if any.
         response_session_id: The session id to return to the client, set by
             the session stage on ``initialize``.
@@ -46,6 +51,8 @@ class RequestContext(Context):
         "backend",
         "backend_name",
         "body",
+        "envelope",
+        "era",
         "headers",
         "http_method",
         "mcp_method",
@@ -97,6 +104,7 @@ class RequestContext(Context):
         headers: dict[str, str],
         body: bytes = b"",
         message: JsonRpcMessage | None = None,
+        envelope: Envelope | None = None,
     ) -> None:
         super().__init__()
         self.runtime = runtime
@@ -114,6 +122,8 @@ class RequestContext(Context):
         # authorize stage rejects the request itself.
         self.tool = shorten(tool, MAX_NAME_LENGTH) if tool is not None else None
         self.protocol_version = headers.get("mcp-protocol-version")
+        self.era: Era = era_of(self.protocol_version)
+        self.envelope = envelope
         self.session_id = headers.get("mcp-session-id")
         self.response_session_id: str | None = None
         self.started = time.perf_counter()

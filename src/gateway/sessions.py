@@ -46,6 +46,9 @@ class SessionRecord(msgspec.Struct, kw_only=True):
         protocol_version: The protocol version the client requested.
         initialize_params: The client's ``initialize`` params, replayed when
             the backend session has to be initialized again.
+        backend_era: ``handshake`` when the backend holds a session of its
+            own, ``stateless`` when it speaks 2026-07-28 and the gateway
+            alone holds the session.
         created_at: When the session was created (epoch seconds).
         touched_at: When its expiry was last extended (epoch seconds).
     """
@@ -58,6 +61,7 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     backend_session_id: str | None
     protocol_version: str | None = None
     initialize_params: dict[str, Any] = msgspec.field(default_factory=dict)
+    backend_era: str = "handshake"
     created_at: float
     touched_at: float
 
@@ -121,6 +125,7 @@ class SessionStore:
         backend_session_id: str | None,
         protocol_version: str | None = None,
         initialize_params: dict[str, Any] | None = None,
+        backend_era: str = "handshake",
     ) -> SessionRecord:
         """Mint a session id, store the record and return it."""
         now = time.time()
@@ -134,6 +139,7 @@ class SessionStore:
                 backend_session_id=backend_session_id,
                 protocol_version=protocol_version,
                 initialize_params=initialize_params or {},
+                backend_era=backend_era,
                 created_at=now,
                 touched_at=now,
             )

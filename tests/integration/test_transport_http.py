@@ -399,10 +399,21 @@ async def test_transport_http_method_accept_and_version_rules() -> None:
     assert post_html.status_code == 406
     assert post_empty_accept.status_code == 406
     assert bogus.status_code == 400
+    bogus_error = error_of(bogus)
+    assert bogus_error["code"] == -32022
+    assert bogus_error["data"]["reason"] == "unsupported_protocol_version"
+    assert bogus_error["data"]["requested"] == "1999"
+    assert bogus_error["data"]["supported"] == [
+        "2024-11-05",
+        "2025-03-26",
+        "2025-06-18",
+        "2025-11-25",
+        "2026-07-28",
+    ]
+    # A 2026-07-28 request without its params._meta envelope.
     assert stateless.status_code == 400
-    data = error_of(stateless)["data"]
-    assert data["reason"] == "unsupported_protocol_version"
-    assert data["supported"] == ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"]
+    assert error_of(stateless)["code"] == -32602
+    assert error_of(stateless)["data"]["reason"] == "missing_envelope"
 
 
 @pytest.mark.anyio

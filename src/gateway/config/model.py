@@ -41,6 +41,12 @@ class ServerConfig(_Config, frozen=True):
     """Largest total size of request headers; larger gets 431."""
     body_timeout: PositiveSeconds = 30.0
     """Seconds allowed for receiving a whole request body; slower gets 408."""
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+    """Largest JSON-RPC message from a backend (a JSON body or one SSE event);
+    larger fails the request it answers with ``backend_message_too_large``."""
+    sse_keepalive: PositiveSeconds = 15.0
+    """Seconds an event stream to a client may stay silent before the gateway
+    sends an SSE comment, so that proxies keep the connection open."""
     allowed_origins: list[str] = msgspec.field(default_factory=list)
     """Browser origins allowed besides loopback ones (``http://localhost:6274``)."""
     var_dir: str = "var"
@@ -217,6 +223,15 @@ class BackendConfig(_Config, frozen=True):
     """Seconds to wait for the backend's response headers."""
     max_connections: PositiveInt = 100
     """Pooled connections to this backend."""
+    deadline: PositiveSeconds | None = None
+    """Seconds a request may take in total, from its arrival at the gateway to
+    the end of the backend's answer; past it the request is cancelled. None
+    sets no limit."""
+    protocol: Literal["auto", "handshake", "stateless"] = "auto"
+    """The MCP era the backend speaks: ``handshake`` (``initialize`` and
+    sessions, 2024-11-05 to 2025-11-25), ``stateless`` (2026-07-28), or
+    ``auto`` to ask it with ``server/discover`` when a client of another era
+    needs to know."""
 
 
 class GatewayConfig(_Config, frozen=True):

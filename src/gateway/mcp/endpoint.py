@@ -37,14 +37,19 @@ from gateway.mcp.cors import (
     preflight_headers,
     response_headers,
 )
-from gateway.mcp.headers import (
-    EVENT_STREAM,
-    HANDSHAKE_PROTOCOL_VERSIONS,
-    JSON,
-    STATELESS_PROTOCOL_VERSIONS,
-    accepts,
-    read_headers,
+from gateway.mcp.eras import (
+    HEADER_MISMATCH,
+    LATEST_STATELESS_VERSION,
+    SUPPORTED_VERSIONS,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    VERSION_HEADER,
+    Envelope,
+    EnvelopeError,
+    duplicated_routing_header,
+    era_of,
+    read_envelope,
 )
+from gateway.mcp.headers import EVENT_STREAM, JSON, accepts, read_headers
 from gateway.mcp.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -85,6 +90,7 @@ class _Exchange:
     backend_name: str | None
     cors_origin: str | None
     span: Span
+    duplicated_header: str | None = None
     message: JsonRpcMessage | None = None
 
 
@@ -100,8 +106,11 @@ class McpEndpoint:
       header at all. A GET is rejected with 406 when the header does not allow
       ``text/event-stream``. A missing header allows everything.
     - ``MCP-Protocol-Version`` may be absent (the specification then implies
-      2025-03-26); a value other than a handshake revision gets 400. The
-      stateless revision 2026-07-28 is not served yet and also gets 400.
+      2025-03-26); a revision not in :data:`SUPPORTED_VERSIONS` gets 400 with
+      JSON-RPC error -32022 listing the supported ones. A 2026-07-28 request
+      must be a POST (405 otherwise), must not repeat a routing header, and
+      its envelope must agree with its headers (400 with -32602 or -32020,
+      see :func:`gateway.mcp.eras.read_envelope`).
     - A POST body must arrive within ``server.body_timeout`` (408). Without
       an ``Authorization`` header, on a backend whose chain has the
       ``authenticate`` stage, a body over 64 KiB gets 401 before it is read.
@@ -125,6 +134,7 @@ class McpEndpoint:
         if scope["type"] != "http":
             return
         headers, header_bytes = read_headers(scope["headers"])
+        duplicated = duplicated_routing_header(scope["headers"])
         method = scope["method"]
         path = scope["path"]
         backend_name = self.runtime.by_path.get(path) or self.runtime.by_path.get(
@@ -140,6 +150,7 @@ class McpEndpoint:
             backend_name=backend_name,
             cors_origin=self._allowed_origin(headers.get("origin")),
             span=span,
+            duplicated_header=duplicated,
         )
         span.set_attribute("gateway.request_id", exchange.request_id)
 
@@ -214,30 +225,28 @@ class McpEndpoint:
             return await self._reject(
                 exchange, 405, "method_not_allowed", detail, headers={"allow": ALLOW}
             )
-        version = headers.get("mcp-protocol-version")
-        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            qualifier = (
-                "not served yet"
-                if version in STATELESS_PROTOCOL_VERSIONS
-                else "unknown"
-            )
+        version = headers.get(VERSION_HEADER)
+        if version is not None and version not in SUPPORTED_VERSIONS:
             detail = (
-                f"Bad Request: unsupported protocol version {shorten(version)!r} "
-                f"({qualifier}); "
-                f"supported: {', '.join(HANDSHAKE_PROTOCOL_VERSIONS)}"
+                f"Bad Request: unsupported protocol version {shorten(version)!r}; "
+                f"supported: {', '.join(SUPPORTED_VERSIONS)}"
             )
             return await self._reject(
                 exchange,
                 400,
                 "unsupported_protocol_version",
                 detail,
-                data={
-                    "supported": list(HANDSHAKE_PROTOCOL_VERSIONS),
-                    "requested": version,
-                },
+                code=UNSUPPORTED_PROTOCOL_VERSION,
+                data={"supported": list(SUPPORTED_VERSIONS), "requested": version},
             )
+        stateless = era_of(version) == "stateless"
+        if stateless:
+            early = await self._check_stateless_http(exchange)
+            if early is not None:
+                return early
 
         body = b""
+        envelope: Envelope | None = None
         accept = headers.get("accept")
         if exchange.method == "POST":
             if not (accepts(accept, JSON) or accepts(accept, EVENT_STREAM)):
@@ -257,6 +266,23 @@ class McpEndpoint:
                     exchange, 400, reason, str(exc), code=exc.code, id=exc.id
                 )
             _describe_message(exchange.span, exchange.message)
+            if stateless and exchange.message.kind == "request":
+                try:
+                    envelope = read_envelope(
+                        exchange.message.method,
+                        exchange.message.params,
+                        headers,
+                    )
+                except EnvelopeError as exc:
+                    return await self._reject(
+                        exchange,
+                        400,
+                        exc.reason,
+                        exc.detail,
+                        code=exc.code,
+                        id=exchange.message.id,
+                        data=exc.data,
+                    )
         elif exchange.method == "GET" and not accepts(accept, EVENT_STREAM):
             detail = f"Not Acceptable: a GET stream needs Accept: {EVENT_STREAM}"
             return await self._reject(exchange, 406, "not_acceptable", detail)
@@ -272,9 +298,32 @@ class McpEndpoint:
             headers=headers,
             body=body,
             message=exchange.message,
+            envelope=envelope,
         )
         response: GatewayResponse = await backend.chain(ctx)
         return response
+
+    async def _check_stateless_http(
+        self, exchange: _Exchange
+    ) -> GatewayResponse | None:
+        """Reject GET and DELETE, absent in 2026-07-28, and repeated headers."""
+        if exchange.method != "POST":
+            detail = (
+                f"Method Not Allowed: {exchange.method} has no meaning in protocol "
+                f"{LATEST_STATELESS_VERSION}; send each request as a POST"
+            )
+            return await self._reject(
+                exchange, 405, "method_not_allowed", detail, headers={"allow": "POST"}
+            )
+        if exchange.duplicated_header is not None:
+            detail = (
+                f"Header mismatch: the {exchange.duplicated_header} header "
+                "appears more than once"
+            )
+            return await self._reject(
+                exchange, 400, "header_mismatch", detail, code=HEADER_MISMATCH
+            )
+        return None
 
     async def _read_body(
         self, exchange: _Exchange, receive: ASGIReceive

@@ -1,14 +1,8 @@
-"""HTTP header helpers of the MCP endpoint: decoding, Accept and protocol versions."""
+"""HTTP header helpers of the MCP endpoint: decoding and ``Accept``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-
-HANDSHAKE_PROTOCOL_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-"""MCP revisions served, all of which start a session with ``initialize``."""
-
-STATELESS_PROTOCOL_VERSIONS = ("2026-07-28",)
-"""MCP revisions without ``initialize`` and sessions; not served yet."""
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"

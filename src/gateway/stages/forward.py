@@ -17,6 +17,12 @@ from gateway.facts import (
     BackendCredentials,
     BackendSession,
 )
+from gateway.mcp.eras import (
+    PARAM_HEADER_PREFIX,
+    VERSION_HEADER,
+    era_of,
+    routing_headers,
+)
 from gateway.mcp.headers import EVENT_STREAM, JSON
 from gateway.mcp.jsonrpc import (
     INTERNAL_ERROR,
@@ -310,10 +316,14 @@ def upstream_headers(
 ) -> dict[str, str]:
     """Build the headers of the request to the backend from scratch.
 
-    Copied from the client: ``MCP-Protocol-Version``, ``Last-Event-ID`` and
-    the W3C trace context (replaced by the client span's context when tracing
-    records). Added: the backend session id, the credential headers, and
-    ``Accept-Encoding: identity`` so that event streams are never compressed.
+    ``MCP-Protocol-Version`` is the version agreed with the backend (the
+    ``backend_session`` fact's, else the client's). A 2026-07-28 request gets
+    ``Mcp-Method`` and ``Mcp-Name`` computed from the body sent, and a
+    2026-07-28 client's ``Mcp-Param-*`` headers. Copied from the client:
+    ``Last-Event-ID`` and the W3C trace context (replaced by the client
+    span's context when tracing records). Added: the backend session id,
+    the credential headers, and ``Accept-Encoding: identity`` so that event
+    streams are never compressed.
     """
     headers: dict[str, str] = {"accept-encoding": "identity"}
     if ctx.http_method == "POST":
@@ -323,8 +333,19 @@ def upstream_headers(
         headers["accept"] = EVENT_STREAM
     else:
         headers["accept"] = _POST_ACCEPT
-    if ctx.protocol_version:
-        headers["mcp-protocol-version"] = ctx.protocol_version
+    version = ctx.protocol_version
+    if session is not None and session.protocol_version is not None:
+        version = session.protocol_version
+    if version:
+        headers[VERSION_HEADER] = version
+    message = ctx.message
+    if version is not None and era_of(version) == "stateless" and message is not None:
+        if message.method is not None:
+            headers.update(routing_headers(message.method, message.params, version))
+        if ctx.era == "stateless":
+            for name, sent in ctx.headers.items():
+                if name.startswith(PARAM_HEADER_PREFIX):
+                    headers[name] = sent
     for name in _COPIED_REQUEST_HEADERS:
         value = ctx.headers.get(name)
         if value is not None:

@@ -11,6 +11,14 @@ import anyio
 import msgspec
 import structlog
 
+from gateway.bridge.backend_era import BackendEras, Discovery
+from gateway.bridge.derived import derived_context, finish_unsent, read_messages
+from gateway.bridge.shared import SharedSessionBridge
+from gateway.bridge.terminated import (
+    TerminatedSessions,
+    client_envelope,
+    initialize_response,
+)
 from gateway.context import RequestContext
 from gateway.events import (
     Outcome,
@@ -27,18 +35,15 @@ from gateway.facts import (
     BackendSession,
     Principal,
 )
-from gateway.mcp.backend import UpstreamStreamError
-from gateway.mcp.jsonrpc import INVALID_REQUEST, decode, encode, parse_message
+from gateway.mcp.eras import HANDSHAKE_VERSIONS, UNSUPPORTED_PROTOCOL_VERSION
+from gateway.mcp.jsonrpc import INVALID_REQUEST, decode
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
-from gateway.mcp.sse import SseParser, aclose_stream
+from gateway.mcp.sse import aclose_stream
 from gateway.sessions import SessionRecord
-from gateway.stages.forward import BACKEND_SESSION_ID, BACKEND_STATUS
+from gateway.stages.forward import BACKEND_SESSION_ID, BACKEND_STATUS, failure_response
 from pipeline import BaseStage, Next
 
 log = structlog.get_logger("gateway.stages.session")
-
-MAX_INITIALIZE_RESPONSE_BYTES = 1024 * 1024
-"""Largest backend response read while initializing a backend session again."""
 
 
 class SessionStage(BaseStage[RequestContext, GatewayResponse]):
@@ -80,6 +85,9 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
     def __init__(self, *, name: str, config: Any, resources: Any) -> None:
         super().__init__(name=name, config=config, resources=resources)
         self._reinitializing: dict[str, anyio.Lock] = {}
+        self._eras = BackendEras()
+        self._terminated = TerminatedSessions()
+        self._shared: SharedSessionBridge | None = None
         # (gateway session id, request id as text) of the requests in flight.
         # NOTE: the set covers this process only. Once several replicas serve
         # one session, the in-flight ids must be tracked in the shared store.
@@ -91,7 +99,11 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         """Provide ``backend_session``, or end the chain with 400 or 404."""
         principal: Principal = ctx.fact(PRINCIPAL)
         agent: AgentIdentity = ctx.fact(AGENT)
+        if ctx.era == "stateless":
+            return await self._stateless(ctx, call_next)
         if ctx.http_method == "POST" and ctx.mcp_method == "initialize":
+            if self._eras.known(ctx) == "stateless":
+                return await self._initialize_terminated(ctx, call_next, None)
             return await self._initialize(ctx, call_next, principal, agent)
 
         message_id = ctx.message.id if ctx.message is not None else None
@@ -117,6 +129,10 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
 
         if ctx.http_method == "DELETE":
             return await self._delete(ctx, call_next, principal, agent, record)
+        if record.backend_era == "stateless":
+            await ctx.runtime.sessions.touch(record)
+            ctx.provide(BACKEND_SESSION, _fact(record))
+            return await self._terminated.handle(ctx, call_next, record)
 
         message = ctx.message
         if message is None or message.kind != "request":
@@ -158,6 +174,78 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         response.stream = self._release_on_answer(stream, key)
         return response
 
+    async def _stateless(
+        self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
+    ) -> GatewayResponse:
+        # A 2026-07-28 client: passed through to a 2026-07-28 backend, bridged
+        # to a handshake-era one through a shared backend session.
+        ctx.provide(
+            BACKEND_SESSION,
+            BackendSession(
+                gateway_session_id=None,
+                backend_session_id=None,
+                protocol_version=ctx.protocol_version,
+            ),
+        )
+        era = self._eras.known(ctx)
+        if era is None:
+            era, _ = await self._eras.probe(ctx, call_next, ctx.envelope)
+            if era is None:
+                return failure_response(ctx, "backend_unavailable")
+        if era == "stateless":
+            return await call_next(ctx)
+        if self._shared is None:
+            self._shared = SharedSessionBridge(
+                ctx.runtime.store, ttl=ctx.runtime.sessions.ttl
+            )
+        return await self._shared.handle(ctx, call_next)
+
+    async def _initialize_terminated(
+        self,
+        ctx: RequestContext,
+        call_next: Next[RequestContext, GatewayResponse],
+        discovery: Discovery | None,
+    ) -> GatewayResponse:
+        # A handshake-era client of a 2026-07-28 backend: the gateway answers
+        # initialize from server/discover and holds the session alone.
+        message = ctx.message
+        assert message is not None
+        params = message.params
+        if discovery is None:
+            era, discovery = await self._eras.probe(
+                ctx, call_next, client_envelope(params)
+            )
+            if era == "handshake":
+                return await self._initialize(
+                    ctx, call_next, ctx.fact(PRINCIPAL), ctx.fact(AGENT)
+                )
+            if discovery is None:
+                return failure_response(ctx, "backend_unavailable")
+        principal: Principal = ctx.fact(PRINCIPAL)
+        agent: AgentIdentity = ctx.fact(AGENT)
+        response = initialize_response(message.id, params, discovery, ctx.backend_name)
+        requested = params.get("protocolVersion")
+        record = await ctx.runtime.sessions.create(
+            user_iss=principal.iss,
+            user_sub=principal.sub,
+            agent_id=agent.id,
+            backend=ctx.backend_name,
+            backend_session_id=None,
+            protocol_version=requested if isinstance(requested, str) else None,
+            initialize_params=params,
+            backend_era="stateless",
+        )
+        response.headers["mcp-session-id"] = record.gateway_session_id
+        ctx.response_session_id = record.gateway_session_id
+        await ctx.runtime.publish(
+            SessionCreated(
+                session=session_ref(record.gateway_session_id),
+                protocol_version=record.protocol_version,
+                **ctx.event_fields(self.name),
+            )
+        )
+        return response
+
     async def _release_on_answer(
         self, stream: AsyncIterator[bytes], key: tuple[str, str]
     ) -> AsyncIterator[bytes]:
@@ -191,7 +279,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         renewed = await self._renew_backend_session(ctx, call_next, record, used)
         if renewed is None:
             return response
-        await _finish_unsent(
+        await finish_unsent(
             response, "discarded: retried after the backend lost its session"
         )
         ctx.provide(BACKEND_SESSION, _fact(renewed))
@@ -216,6 +304,11 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             ),
         )
         response = await call_next(ctx)
+        if _refuses_handshake(response):
+            # The backend serves 2026-07-28 only: hold the session here.
+            await finish_unsent(response, "discarded: the backend speaks 2026-07-28")
+            self._eras.record(ctx.backend_name, "stateless")
+            return await self._initialize_terminated(ctx, call_next, None)
         if not _initialize_accepted(ctx, response):
             return response
         record = await ctx.runtime.sessions.create(
@@ -250,7 +343,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             ctx.provide(BACKEND_SESSION, _fact(record))
             response = await call_next(ctx)
             # The backend session ends on the backend's own expiry if this failed.
-            await _finish_unsent(
+            await finish_unsent(
                 response, "discarded: the gateway responds to DELETE itself"
             )
         await ctx.runtime.sessions.delete(record.gateway_session_id)
@@ -309,9 +402,14 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             "method": "initialize",
             "params": record.initialize_params,
         }
-        init_ctx = _derived_context(ctx, initialize, record.protocol_version, None)
+        init_ctx = derived_context(
+            ctx,
+            initialize,
+            protocol_version=record.protocol_version,
+            backend_session_id=None,
+        )
         response = await call_next(init_ctx)
-        messages = await _read_messages(response)
+        messages = await read_messages(response)
         new_id = init_ctx.attributes.get(BACKEND_SESSION_ID)
         succeeded = any(m.get("id") == request_id and "result" in m for m in messages)
         if not succeeded or not isinstance(new_id, str):
@@ -324,8 +422,10 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             return None
         version = _negotiated_version(messages, request_id) or record.protocol_version
         notification = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        notify_ctx = _derived_context(ctx, notification, version, new_id)
-        await _finish_unsent(await call_next(notify_ctx), None)
+        notify_ctx = derived_context(
+            ctx, notification, protocol_version=version, backend_session_id=new_id
+        )
+        await finish_unsent(await call_next(notify_ctx), None)
         return new_id
 
     async def _reject(
@@ -362,6 +462,28 @@ def _fact(record: SessionRecord) -> BackendSession:
     )
 
 
+def _refuses_handshake(response: GatewayResponse) -> bool:
+    """Return whether ``initialize`` failed because only 2026-07-28 is served.
+
+    That is a JSON-RPC error -32022 whose ``data.supported`` lists no
+    handshake revision.
+    """
+    if response.is_stream or not response.body:
+        return False
+    try:
+        message = decode(response.body)
+    except msgspec.DecodeError:
+        return False
+    error = message.get("error") if isinstance(message, dict) else None
+    if not isinstance(error, dict) or error.get("code") != UNSUPPORTED_PROTOCOL_VERSION:
+        return False
+    data = error.get("data")
+    supported = data.get("supported") if isinstance(data, dict) else None
+    return isinstance(supported, list) and not any(
+        version in HANDSHAKE_VERSIONS for version in supported
+    )
+
+
 def _initialize_accepted(ctx: RequestContext, response: GatewayResponse) -> bool:
     status = ctx.attributes.get(BACKEND_STATUS)
     if not isinstance(status, int) or not 200 <= status < 300 or response.status != 200:
@@ -376,75 +498,6 @@ def _initialize_accepted(ctx: RequestContext, response: GatewayResponse) -> bool
     return isinstance(message, dict) and "result" in message
 
 
-def _derived_context(
-    ctx: RequestContext,
-    message: dict[str, Any],
-    protocol_version: str | None,
-    backend_session_id: str | None,
-) -> RequestContext:
-    # A request the gateway sends on its own behalf, with the facts of the
-    # client's request so that the forward stage sends the same credentials.
-    body = encode(message)
-    headers = {"content-type": "application/json"}
-    if protocol_version is not None:
-        headers["mcp-protocol-version"] = protocol_version
-    derived = RequestContext(
-        runtime=ctx.runtime,
-        request_id=ctx.request_id,
-        http_method="POST",
-        backend_name=ctx.backend_name,
-        backend=ctx.backend,
-        resource=ctx.resource,
-        headers=headers,
-        body=body,
-        message=parse_message(body),
-    )
-    derived.facts = dict(ctx.facts)
-    derived.provide(
-        BACKEND_SESSION,
-        BackendSession(
-            gateway_session_id=None,
-            backend_session_id=backend_session_id,
-            protocol_version=protocol_version,
-        ),
-    )
-    return derived
-
-
-async def _read_messages(response: GatewayResponse) -> list[dict[str, Any]]:
-    # Collect the JSON-RPC messages of a response that is not sent to the client.
-    chunks: list[bytes] = []
-    if response.stream is None:
-        chunks.append(response.body)
-    else:
-        parser = SseParser()
-        size = 0
-        try:
-            async for chunk in response.stream:
-                size += len(chunk)
-                if size > MAX_INITIALIZE_RESPONSE_BYTES:
-                    break
-                chunks.extend(
-                    event.data.encode() for event in parser.feed(chunk) if event.data
-                )
-        except UpstreamStreamError:
-            # The stream has already reported the failure and sent its last
-            # event; the messages read so far decide.
-            pass
-        finally:
-            await aclose_stream(response.stream)
-    await _finish_unsent(response, None)
-    messages: list[dict[str, Any]] = []
-    for data in chunks:
-        try:
-            message = decode(data)
-        except msgspec.DecodeError:
-            continue
-        if isinstance(message, dict):
-            messages.append(message)
-    return messages
-
-
 def _negotiated_version(messages: list[dict[str, Any]], request_id: str) -> str | None:
     for message in messages:
         result = message.get("result")
@@ -453,13 +506,3 @@ def _negotiated_version(messages: list[dict[str, Any]], request_id: str) -> str 
             if isinstance(version, str):
                 return version
     return None
-
-
-async def _finish_unsent(response: GatewayResponse, error: str | None) -> None:
-    # Close a response that will not be sent and run its callbacks once.
-    if response.stream is not None:
-        await aclose_stream(response.stream)
-    outcome = StreamOutcome(completed=error is None, bytes_sent=0, error=error)
-    callbacks, response.on_close = list(response.on_close), []
-    for callback in callbacks:
-        await callback(outcome)

@@ -1,0 +1,142 @@
+"""Which protocol era a backend speaks, learned with one ``server/discover``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from gateway.bridge.derived import derived_context, read_messages, result_of
+from gateway.context import RequestContext
+from gateway.mcp.eras import (
+    LATEST_STATELESS_VERSION,
+    SERVER_INFO_KEY,
+    STATELESS_VERSIONS,
+    Envelope,
+    Era,
+)
+from gateway.mcp.response import GatewayResponse
+from gateway.stages.forward import BACKEND_STATUS
+from pipeline import Next
+
+log = structlog.get_logger("gateway.bridge.backend_era")
+
+VERDICT_TTL = 300.0
+"""Seconds a probed era is trusted before the next request probes again."""
+GATEWAY_CLIENT_INFO = {"name": "okta-agent-proxy", "version": "0.1.0"}
+"""The ``clientInfo`` the gateway sends for requests of its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What a 2026-07-28 backend said about itself in ``server/discover``.
+
+    Attributes:
+        capabilities: The server's capabilities.
+        server_info: Its ``serverInfo`` (name and version), if it sent one.
+        instructions: Its instructions for the model, if any.
+    """
+
+    capabilities: dict[str, Any]
+    server_info: dict[str, Any] | None = None
+    instructions: str | None = None
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> Discovery:
+        """Read a ``DiscoverResult`` object."""
+        meta = result.get("_meta")
+        info = meta.get(SERVER_INFO_KEY) if isinstance(meta, dict) else None
+        capabilities = result.get("capabilities")
+        instructions = result.get("instructions")
+        return cls(
+            capabilities=capabilities if isinstance(capabilities, dict) else {},
+            server_info=info if isinstance(info, dict) else None,
+            instructions=instructions if isinstance(instructions, str) else None,
+        )
+
+
+@dataclass(slots=True)
+class BackendEras:
+    """The era of each backend, as configured or as last probed (per process).
+
+    A backend configured with ``protocol: handshake`` or ``stateless`` is never
+    probed. With ``auto``, :meth:`probe` sends ``server/discover`` at
+    2026-07-28: a result that lists a 2026-07-28 version makes the backend
+    stateless, any other answer (an HTTP or JSON-RPC error) a handshake-era
+    backend. The verdict is kept for :data:`VERDICT_TTL` seconds, so a backend
+    that upgrades is noticed.
+    """
+
+    ttl: float = VERDICT_TTL
+    _verdicts: dict[str, tuple[Era, float]] = field(default_factory=dict)
+
+    def known(self, ctx: RequestContext) -> Era | None:
+        """Return the backend's era when configured or recently probed."""
+        configured = ctx.backend.protocol
+        if configured != "auto":
+            return "stateless" if configured == "stateless" else "handshake"
+        verdict = self._verdicts.get(ctx.backend_name)
+        if verdict is None or verdict[1] < time.monotonic():
+            return None
+        return verdict[0]
+
+    def record(self, backend: str, era: Era) -> None:
+        """Remember ``era`` for ``backend`` for :attr:`ttl` seconds."""
+        previous = self._verdicts.get(backend)
+        if previous is None or previous[0] != era:
+            log.info("backend.era_detected", backend=backend, era=era)
+        self._verdicts[backend] = (era, time.monotonic() + self.ttl)
+
+    async def probe(
+        self,
+        ctx: RequestContext,
+        call_next: Next[RequestContext, GatewayResponse],
+        envelope: Envelope | None = None,
+    ) -> tuple[Era | None, Discovery | None]:
+        """Send ``server/discover`` through the rest of the chain and record the era.
+
+        Args:
+            ctx: The client's request, whose credentials the probe uses.
+            call_next: The rest of the chain after the session stage.
+            envelope: The client's envelope; the gateway's own otherwise.
+
+        Returns:
+            The era (None when the backend could not be reached, which is not
+            recorded) and, for a stateless backend, what it discovered.
+        """
+        sent = envelope or Envelope(
+            protocol_version=LATEST_STATELESS_VERSION,
+            client_capabilities={},
+            client_info=GATEWAY_CLIENT_INFO,
+        )
+        request_id = f"gateway-discover-{uuid.uuid4().hex}"
+        message = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "server/discover",
+            "params": {"_meta": sent.meta()},
+        }
+        probe = derived_context(
+            ctx,
+            message,
+            protocol_version=sent.protocol_version,
+            backend_session_id=None,
+            envelope=sent,
+        )
+        messages = await read_messages(await call_next(probe))
+        if not isinstance(probe.attributes.get(BACKEND_STATUS), int):
+            return None, None
+        result = result_of(messages, request_id)
+        versions = result.get("supportedVersions") if result is not None else None
+        if (
+            result is not None
+            and isinstance(versions, list)
+            and any(v in STATELESS_VERSIONS for v in versions)
+        ):
+            self.record(ctx.backend_name, "stateless")
+            return "stateless", Discovery.from_result(result)
+        self.record(ctx.backend_name, "handshake")
+        return "handshake", None
