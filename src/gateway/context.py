@@ -90,6 +90,7 @@ class RequestContext(Context):
             "backend": self.backend_name,
             "method": self.mcp_method,
             "tool": self.tool,
+            "protocol_version": self.protocol_version,
         }
 
     def __init__(

@@ -43,6 +43,7 @@ class GatewayEvent(Event, frozen=True, kw_only=True):
         backend: The backend name, when the request targets one.
         method: The MCP (JSON-RPC) method, when known.
         tool: The tool of a ``tools/call``, when known.
+        protocol_version: The client's ``MCP-Protocol-Version``, when sent.
         outcome: ``success``, ``denied`` or ``error``.
         reason: A stable reason code, mainly for denials and errors.
     """
@@ -55,6 +56,7 @@ class GatewayEvent(Event, frozen=True, kw_only=True):
     backend: str | None = None
     method: str | None = None
     tool: str | None = None
+    protocol_version: str | None = None
     outcome: Outcome = "success"
     reason: str | None = None
 
@@ -138,10 +140,12 @@ class ExchangeFailed(GatewayEvent, frozen=True, kw_only=True):
 
 
 class SessionCreated(GatewayEvent, frozen=True, kw_only=True):
-    """A gateway session was created on ``initialize``."""
+    """A gateway session was created on ``initialize``.
+
+    Its ``protocol_version`` is the version the client asked for.
+    """
 
     session: str
-    protocol_version: str | None = None
 
 
 class SessionResumed(GatewayEvent, frozen=True, kw_only=True):

@@ -11,6 +11,7 @@ chain of a stand-in security stage, the ``session`` stage and the
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -22,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from gateway.agents import AgentResolver
 from gateway.config import BackendConfig, GatewayConfig, ServerConfig, UpstreamConfig
 from gateway.context import RequestContext
+from gateway.demo.backends.common import HandshakeOnly, StatelessOnly
 from gateway.demo.serve import bind_socket, run_app
 from gateway.events import GatewayEvent
 from gateway.facts import (
@@ -65,6 +67,14 @@ class RecordedRequest:
 
     method: str
     headers: dict[str, str]
+    body: bytes = b""
+
+    def json(self) -> Any:
+        """Return the body as JSON, or None when it is empty or not JSON."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
 
 
 @dataclass
@@ -78,8 +88,13 @@ class BackendControls:
     """
 
     release: anyio.Event = field(default_factory=anyio.Event)
+    cancelled: anyio.Event = field(default_factory=anyio.Event)
     requests: list[RecordedRequest] = field(default_factory=list)
     issued_session_ids: list[str] = field(default_factory=list)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Return the JSON-RPC messages the backend received, in order."""
+        return [m for r in self.requests if isinstance(m := r.json(), dict)]
 
 
 class RecordingApp:
@@ -94,7 +109,15 @@ class RecordingApp:
             await self.app(scope, receive, send)
             return
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        self.controls.requests.append(RecordedRequest(scope["method"], headers))
+        recorded = RecordedRequest(scope["method"], headers)
+        self.controls.requests.append(recorded)
+        original_receive = receive
+
+        async def receive(*_args: Any) -> Any:
+            message = await original_receive()
+            if message["type"] == "http.request":
+                recorded.body += message.get("body", b"")
+            return message
 
         async def send_with_extras(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -112,9 +135,17 @@ class RecordingApp:
 
 
 def create_backend_app(
-    controls: BackendControls, *, json_response: bool = False, stateless: bool = False
+    controls: BackendControls,
+    *,
+    json_response: bool = False,
+    stateless: bool = False,
+    era: str = "both",
 ) -> RecordingApp:
-    """Build the test backend: an official-SDK server with four tools."""
+    """Build the test backend: an official-SDK server with four tools.
+
+    ``era`` is ``both`` (the SDK serves both protocol eras), ``handshake``
+    (it refuses 2026-07-28) or ``stateless`` (it serves only 2026-07-28).
+    """
     server = MCPServer("transport-test-backend")
 
     @server.tool()
@@ -126,8 +157,12 @@ def create_backend_app(
     async def gated_count(n: int, ctx: Context) -> str:
         """Report progress 1, wait for the test's release, then count to n."""
         await ctx.report_progress(1, n)
-        with anyio.move_on_after(GATE_TIMEOUT):
-            await controls.release.wait()
+        try:
+            with anyio.move_on_after(GATE_TIMEOUT):
+                await controls.release.wait()
+        except anyio.get_cancelled_exc_class():
+            controls.cancelled.set()
+            raise
         for step in range(2, n + 1):
             await ctx.report_progress(step, n)
         released = "released" if controls.release.is_set() else "timed out"
@@ -138,11 +173,15 @@ def create_backend_app(
         """Fail as a tool does: an isError result naming the reason."""
         raise ToolError(f"tool failed: {reason}")
 
-    app = server.streamable_http_app(
+    app: Any = server.streamable_http_app(
         streamable_http_path="/mcp",
         json_response=json_response,
         stateless_http=stateless,
     )
+    if era == "handshake":
+        app = HandshakeOnly(app)
+    elif era == "stateless":
+        app = StatelessOnly(app)
     return RecordingApp(app, controls)
 
 
@@ -219,12 +258,25 @@ async def running_gateway(
     allowed_origins: list[str] | None = None,
     backend_timeout: float = 5.0,
     chain_factory: Callable[[Runtime], list[Any]] | None = None,
+    backend_protocol: str = "auto",
+    server_options: dict[str, Any] | None = None,
+    backend_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[GatewayHarness]:
-    """Serve the MCP data path for one backend until the context exits."""
+    """Serve the MCP data path for one backend until the context exits.
+
+    ``server_options`` and ``backend_options`` set further fields of the
+    ``server`` and the backend's config.
+    """
     sock = bind_socket()
     port = sock.getsockname()[1]
     base_url = f"http://127.0.0.1:{port}"
-    backend = BackendConfig(path=BACKEND_PATH, url=backend_url, timeout=backend_timeout)
+    backend = BackendConfig(
+        path=BACKEND_PATH,
+        url=backend_url,
+        timeout=backend_timeout,
+        protocol=backend_protocol,  # type: ignore[arg-type]
+        **(backend_options or {}),
+    )
     config = GatewayConfig(
         server=ServerConfig(
             public_url=base_url,
@@ -232,6 +284,7 @@ async def running_gateway(
             max_body_bytes=max_body_bytes,
             max_header_bytes=max_header_bytes,
             allowed_origins=allowed_origins or [],
+            **(server_options or {}),
         ),
         upstream=UpstreamConfig(issuer="http://127.0.0.1:9", client_id="unused"),
         backends={"employees": backend},
@@ -297,9 +350,12 @@ async def running_backend(
     stateless: bool = False,
     port: int = 0,
     shutdown_timeout: float = 3.0,
+    era: str = "both",
 ) -> AsyncIterator[str]:
     """Serve the test backend; yields its MCP URL."""
-    app = create_backend_app(controls, json_response=json_response, stateless=stateless)
+    app = create_backend_app(
+        controls, json_response=json_response, stateless=stateless, era=era
+    )
     sock = bind_socket(port=port)
     async with run_app(app, sock=sock, shutdown_timeout=shutdown_timeout) as running:
         yield f"{running.url}/mcp"

@@ -33,6 +33,7 @@ from gateway.mcp.eras import (
     LATEST_HANDSHAKE_VERSION,
     SERVER_INFO_KEY,
     STATELESS_VERSIONS,
+    as_stateless_result,
     without_envelope,
 )
 from gateway.mcp.headers import JSON
@@ -162,8 +163,8 @@ class SharedSessionBridge:
             restored = dict(item)
             restored["id"] = client_id
             result = restored.get("result")
-            if isinstance(result, dict) and "resultType" not in result:
-                restored["result"] = {**result, "resultType": "complete"}
+            if isinstance(result, dict):
+                restored["result"] = as_stateless_result(message.method, result)
             return restored
 
         relay = response.stream
@@ -347,12 +348,12 @@ def _discover_response(request_id: Any, session: SharedSession) -> GatewayRespon
     result: dict[str, Any] = {
         "supportedVersions": list(STATELESS_VERSIONS),
         "capabilities": session.capabilities,
-        "resultType": "complete",
     }
     if session.instructions is not None:
         result["instructions"] = session.instructions
     if session.server_info is not None:
         result["_meta"] = {SERVER_INFO_KEY: session.server_info}
+    result = as_stateless_result("server/discover", result)
     body = encode({"jsonrpc": "2.0", "id": request_id, "result": result})
     return GatewayResponse(status=200, headers={"content-type": JSON}, body=body)
 

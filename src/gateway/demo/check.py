@@ -64,13 +64,14 @@ async def run_checks(stack: DemoStack, *, echo: Callable[[str], None] = print) -
 
 
 async def _cursor_employees(stack: DemoStack) -> StepResult:
-    name = "cursor calls employees through ID-JAG"
+    name = "cursor calls employees through ID-JAG in a 2025-11-25 session"
     try:
         report = await run_client(
             stack.mcp_url("employees"),
             client_name="cursor",
             login_hint="alice",
             calls=[("list_employees", {}), ("generate_report", {"n": 3})],
+            mode="legacy",
         )
     except Exception as exc:
         return StepResult(name, False, _describe(exc))
@@ -83,13 +84,14 @@ async def _cursor_employees(stack: DemoStack) -> StepResult:
 
 
 async def _cursor_partners(stack: DemoStack) -> StepResult:
-    name = "cursor calls partners with a static key"
+    name = "cursor at 2026-07-28 calls partners, a handshake-era backend"
     try:
         report = await run_client(
             stack.mcp_url("partners"),
             client_name="cursor",
             login_hint="bob",
             calls=[("list_partners", {})],
+            mode="2026-07-28",
         )
     except Exception as exc:
         return StepResult(name, False, _describe(exc))

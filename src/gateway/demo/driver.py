@@ -11,6 +11,8 @@ server needs to listen there.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from html import unescape
 from typing import Any
@@ -19,7 +21,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 import anyio
 import httpx
 import httpx2
-from mcp import ClientSession
+from mcp.client import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import (
@@ -173,12 +175,18 @@ class CallReport:
         results: Tool name to ``(is_error, text)`` for each call made.
         protocol_version: The version the session negotiated.
         progress: Progress values received during the calls.
+        progress_at: ``time.monotonic()`` of each progress notification.
+        returned_at: ``time.monotonic()`` when each call returned.
+        session_id: The ``Mcp-Session-Id`` the gateway issued, if any.
     """
 
     tools: list[str] = field(default_factory=list)
     results: dict[str, tuple[bool, str]] = field(default_factory=dict)
     protocol_version: str | None = None
     progress: list[float] = field(default_factory=list)
+    progress_at: list[float] = field(default_factory=list)
+    returned_at: dict[str, float] = field(default_factory=dict)
+    session_id: str | None = None
 
 
 async def run_client(
@@ -189,6 +197,8 @@ async def run_client(
     calls: list[tuple[str, dict[str, Any]]],
     timeout: float = 30.0,
     storage: MemoryTokenStorage | None = None,
+    mode: str = "auto",
+    between_calls: Callable[[str, CallReport], Awaitable[None]] | None = None,
 ) -> CallReport:
     """Sign in with the official MCP client, then list tools and make ``calls``.
 
@@ -203,6 +213,11 @@ async def run_client(
         timeout: Seconds for the whole session.
         storage: Where the registration and tokens are kept; pass one to
             read the tokens afterwards.
+        mode: The official client's connect mode: ``auto`` (2026-07-28 when
+            the server offers it), ``legacy`` (the ``initialize`` handshake
+            at 2025-11-25) or ``2026-07-28``.
+        between_calls: Awaited with each tool name and the report so far
+            before that tool is called, so that a test can act between calls.
 
     Raises:
         SignInRefused: The gateway refused the sign-in (for example
@@ -224,26 +239,36 @@ async def run_client(
     )
     report = CallReport()
 
+    async def record_session(response: httpx2.Response) -> None:
+        session_id = response.headers.get("mcp-session-id")
+        if session_id:
+            report.session_id = session_id
+
     async def on_progress(
         progress: float, total: float | None, message: str | None
     ) -> None:
         report.progress.append(progress)
+        report.progress_at.append(time.monotonic())
 
     with anyio.fail_after(timeout):
         try:
-            async with (
-                httpx2.AsyncClient(auth=auth, timeout=httpx2.Timeout(30.0)) as http,
-                streamable_http_client(url, http_client=http) as (read, write),
-                ClientSession(read, write) as session,
-            ):
-                init = await session.initialize()
-                report.protocol_version = str(init.protocol_version)
-                listed = await session.list_tools()
-                report.tools = [tool.name for tool in listed.tools]
-                for name, arguments in calls:
-                    report.results[name] = await _call(
-                        session, name, arguments, on_progress
-                    )
+            async with httpx2.AsyncClient(
+                auth=auth,
+                timeout=httpx2.Timeout(30.0),
+                event_hooks={"response": [record_session]},
+            ) as http:
+                transport = streamable_http_client(url, http_client=http)
+                async with Client(transport, mode=mode) as client:
+                    report.protocol_version = client.protocol_version
+                    listed = await client.list_tools()
+                    report.tools = [tool.name for tool in listed.tools]
+                    for name, arguments in calls:
+                        if between_calls is not None:
+                            await between_calls(name, report)
+                        report.results[name] = await _call(
+                            client, name, arguments, on_progress
+                        )
+                        report.returned_at[name] = time.monotonic()
         except BaseException as exc:
             refused = _find(exc, SignInRefused)
             if refused is not None:
@@ -253,12 +278,12 @@ async def run_client(
 
 
 async def _call(
-    session: ClientSession, name: str, arguments: dict[str, Any], on_progress: Any
+    client: Client, name: str, arguments: dict[str, Any], on_progress: Any
 ) -> tuple[bool, str]:
     from mcp import MCPError
 
     try:
-        result: Any = await session.call_tool(
+        result: Any = await client.call_tool(
             name, arguments, progress_callback=on_progress
         )
     except MCPError as exc:

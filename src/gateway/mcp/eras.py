@@ -47,6 +47,18 @@ NAME_PARAMS: Final[Mapping[str, str]] = {
 }
 """Methods whose ``Mcp-Name`` header mirrors a param, and which param."""
 
+CACHEABLE_METHODS: Final = frozenset(
+    {
+        "server/discover",
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+    }
+)
+"""Methods whose 2026-07-28 results must carry ``ttlMs`` and ``cacheScope``."""
+
 HEADER_MISMATCH: Final = -32020
 """JSON-RPC error of 2026-07-28 for routing headers that disagree with the body."""
 UNSUPPORTED_PROTOCOL_VERSION: Final = -32022
@@ -255,3 +267,18 @@ def routing_headers(
     if isinstance(value, str):
         headers[NAME_HEADER] = encode_header_value(value)
     return headers
+
+
+def as_stateless_result(method: str | None, result: dict[str, Any]) -> dict[str, Any]:
+    """Return a handshake-era result with the fields 2026-07-28 requires.
+
+    Adds ``resultType: complete``, and for :data:`CACHEABLE_METHODS`
+    ``ttlMs: 0`` and ``cacheScope: private``: the gateway filters results
+    per user, so no client may cache one for others or reuse it later.
+    """
+    fixed = dict(result)
+    fixed.setdefault("resultType", "complete")
+    if method in CACHEABLE_METHODS:
+        fixed.setdefault("ttlMs", 0)
+        fixed.setdefault("cacheScope", "private")
+    return fixed

@@ -240,8 +240,10 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         await ctx.runtime.publish(
             SessionCreated(
                 session=session_ref(record.gateway_session_id),
-                protocol_version=record.protocol_version,
-                **ctx.event_fields(self.name),
+                **{
+                    **ctx.event_fields(self.name),
+                    "protocol_version": record.protocol_version,
+                },
             )
         )
         return response
@@ -295,13 +297,10 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         params = ctx.message.params if ctx.message is not None else {}
         requested = params.get("protocolVersion")
         version = requested if isinstance(requested, str) else None
+        # initialize is the negotiation itself and carries no version header.
         ctx.provide(
             BACKEND_SESSION,
-            BackendSession(
-                gateway_session_id=None,
-                backend_session_id=None,
-                protocol_version=version,
-            ),
+            BackendSession(gateway_session_id=None, backend_session_id=None),
         )
         response = await call_next(ctx)
         if _refuses_handshake(response):
@@ -325,8 +324,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         await ctx.runtime.publish(
             SessionCreated(
                 session=session_ref(record.gateway_session_id),
-                protocol_version=version,
-                **ctx.event_fields(self.name),
+                **{**ctx.event_fields(self.name), "protocol_version": version},
             )
         )
         return response
@@ -403,10 +401,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             "params": record.initialize_params,
         }
         init_ctx = derived_context(
-            ctx,
-            initialize,
-            protocol_version=record.protocol_version,
-            backend_session_id=None,
+            ctx, initialize, protocol_version=None, backend_session_id=None
         )
         response = await call_next(init_ctx)
         messages = await read_messages(response)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,8 +15,16 @@ from mcp.types import (
     LoggingMessageNotification,
     LoggingMessageNotificationParams,
 )
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["caller_of", "send_log", "transport_security"]
+__all__ = [
+    "HandshakeOnly",
+    "StatelessOnly",
+    "caller_of",
+    "send_log",
+    "transport_security",
+]
 
 _LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
 _LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
@@ -72,3 +81,71 @@ async def send_log(ctx: Context[Any, Any], level: LoggingLevel, message: str) ->
     await ctx.request_context.session.send_notification(
         notification, related_request_id=ctx.request_context.request_id
     )
+
+
+class HandshakeOnly:
+    """Serve an MCP app as a server from before 2026-07-28 would.
+
+    The official SDK serves both protocol eras. Many servers in use only know
+    the ``initialize`` handshake, so a request whose ``MCP-Protocol-Version``
+    is not a handshake revision gets what such a server answers: 400 with
+    JSON-RPC error -32022 listing the revisions it supports.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse non-handshake protocol versions; pass everything else on."""
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            version = headers.get(b"mcp-protocol-version")
+            if version is not None and version.decode("latin-1") not in (
+                HANDSHAKE_PROTOCOL_VERSIONS
+            ):
+                await _refuse_version(version.decode("latin-1"), send)
+                return
+        await self.app(scope, receive, send)
+
+
+class StatelessOnly:
+    """Serve an MCP app as a server that knows only 2026-07-28 would.
+
+    A request without a 2026-07-28 ``MCP-Protocol-Version`` (``initialize``,
+    a session's GET stream or DELETE) gets 400 with JSON-RPC error -32022
+    naming 2026-07-28 as the only supported revision.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse handshake-era requests; pass 2026-07-28 ones on."""
+        if scope["type"] == "http":
+            raw = dict(scope["headers"]).get(b"mcp-protocol-version", b"")
+            version = raw.decode("latin-1")
+            if version not in MODERN_PROTOCOL_VERSIONS:
+                await _refuse_version(version, send, supported=MODERN_PROTOCOL_VERSIONS)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse_version(
+    requested: str,
+    send: Send,
+    supported: Sequence[str] = HANDSHAKE_PROTOCOL_VERSIONS,
+) -> None:
+    error = {
+        "code": -32022,
+        "message": "Unsupported protocol version",
+        "data": {"supported": list(supported), "requested": requested},
+    }
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -13,7 +13,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .common import send_log, transport_security
+from .common import HandshakeOnly, send_log, transport_security
 
 __all__ = ["ApiKeyMiddleware", "create_partners_app"]
 
@@ -168,8 +168,12 @@ def create_partners_app(
     header: str = "X-Api-Key",
     allowed_hosts: Sequence[str] = (),
     json_response: bool = False,
+    handshake_only: bool = True,
 ) -> ASGIApp:
     """Return the partners MCP server as an ASGI app serving ``/mcp``.
+
+    It plays a server that predates 2026-07-28 unless ``handshake_only`` is
+    False, so the demo shows the gateway bridging the two protocol eras.
 
     Args:
         api_key: The API key every HTTP request must carry.
@@ -177,9 +181,12 @@ def create_partners_app(
         allowed_hosts: ``Host`` values to accept besides loopback.
         json_response: Answer each POST with one JSON body instead of an event
             stream. Progress and log messages are then not sent.
+        handshake_only: Refuse 2026-07-28 requests (see :class:`HandshakeOnly`).
     """
-    app = _build_server().streamable_http_app(
+    app: ASGIApp = _build_server().streamable_http_app(
         transport_security=transport_security(allowed_hosts),
         json_response=json_response,
     )
+    if handshake_only:
+        app = HandshakeOnly(app)
     return ApiKeyMiddleware(app, api_key=api_key, header=header)
