@@ -304,6 +304,31 @@ async def test_transport_http_preflight_answered_without_auth() -> None:
 
 
 @pytest.mark.anyio
+async def test_preflight_allows_stateless_routing_and_param_headers() -> None:
+    """A 2026-07-28 browser client may send Mcp-Method, Mcp-Name and Mcp-Param-*."""
+    requested = "mcp-method, mcp-name, Mcp-Param-Region, mcp-param-bad header, x-other"
+    async with stack() as (gateway, client):
+        response = await client.options(
+            gateway.mcp_url,
+            headers={
+                "origin": INSPECTOR,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": requested,
+            },
+        )
+    allowed = [
+        name.strip()
+        for name in response.headers["access-control-allow-headers"].split(",")
+    ]
+    assert response.status_code == 204
+    assert "mcp-method" in allowed
+    assert "mcp-name" in allowed
+    assert "mcp-param-region" in allowed
+    assert "mcp-param-bad header" not in allowed
+    assert "x-other" not in allowed
+
+
+@pytest.mark.anyio
 async def test_transport_http_cors_on_every_real_response() -> None:
     """Allowed origins get Allow-Origin and Expose-Headers, errors included."""
     async with stack() as (gateway, client):

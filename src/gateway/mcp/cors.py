@@ -10,9 +10,13 @@ a browser client is either allowed on both or on neither.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+from gateway.mcp.eras import PARAM_HEADER_PREFIX
 from gateway.oauth import cors as oauth_cors
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]{1,128}")
 
 MCP_METHODS = ("GET", "POST", "DELETE", "OPTIONS")
 MCP_REQUEST_HEADERS = (
@@ -35,6 +39,8 @@ EXPOSED_RESPONSE_HEADERS = (
     "WWW-Authenticate",
     "Mcp-Protocol-Version",
 )
+MAX_PARAM_HEADERS = 32
+"""``Mcp-Param-*`` headers a preflight may allow at once."""
 MAX_AGE_SECONDS = 3600
 """How long browsers may cache a preflight result (Chromium caps it at 7200)."""
 
@@ -60,12 +66,27 @@ class OriginPolicy:
         )
 
 
-def preflight_headers(origin: str) -> dict[str, str]:
-    """Return the headers of a 204 response to a CORS preflight from ``origin``."""
+def preflight_headers(origin: str, requested: str | None = None) -> dict[str, str]:
+    """Return the headers of a 204 response to a CORS preflight from ``origin``.
+
+    Besides :data:`MCP_REQUEST_HEADERS`, the ``Mcp-Param-*`` headers named in
+    ``Access-Control-Request-Headers`` (``requested``) are allowed, at most
+    :data:`MAX_PARAM_HEADERS` of them: 2026-07-28 clients derive their names
+    from tool schemas, so no fixed list can hold them.
+    """
+    allowed = list(MCP_REQUEST_HEADERS)
+    if requested:
+        names = [name.strip().lower() for name in requested.split(",")]
+        params = [
+            name
+            for name in names
+            if name.startswith(PARAM_HEADER_PREFIX) and _TOKEN.fullmatch(name)
+        ]
+        allowed.extend(dict.fromkeys(params[:MAX_PARAM_HEADERS]))
     return oauth_cors.preflight_headers(
         origin,
         methods=MCP_METHODS,
-        allow_headers=MCP_REQUEST_HEADERS,
+        allow_headers=tuple(allowed),
         max_age=MAX_AGE_SECONDS,
     )
 

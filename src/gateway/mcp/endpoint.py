@@ -485,7 +485,9 @@ def _preflight(exchange: _Exchange) -> GatewayResponse:
     if exchange.cors_origin is None:
         # Not a browser preflight, so list the methods the endpoint serves.
         return GatewayResponse(status=204, headers={"allow": ALLOW})
-    return GatewayResponse(status=204, headers=preflight_headers(exchange.cors_origin))
+    requested = exchange.headers.get("access-control-request-headers")
+    headers = preflight_headers(exchange.cors_origin, requested)
+    return GatewayResponse(status=204, headers=headers)
 
 
 def _internal_error(exchange: _Exchange) -> GatewayResponse:
