@@ -268,3 +268,34 @@ async def test_bridge_discover_reports_backend_capabilities(
     assert result["resultType"] == "complete"
     assert result["cacheScope"] == "private"
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"]
+
+
+async def test_bridge_rejects_initialize_from_stateless_client(
+    bridged: tuple[GatewayHarness, BackendControls, str],
+) -> None:
+    """initialize at 2026-07-28 gets -32601 and never reaches the shared session."""
+    gateway, controls, _ = bridged
+    body = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+            "_meta": envelope(),
+        },
+    }
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            gateway.mcp_url,
+            json=body,
+            headers={
+                **MCP_HEADERS,
+                "mcp-protocol-version": VERSION,
+                "mcp-method": "initialize",
+            },
+        )
+    assert response.json()["id"] == 3
+    assert response.json()["error"]["code"] == -32601
+    assert not any(m.get("method") == "initialize" for m in controls.messages())

@@ -37,7 +37,12 @@ from gateway.mcp.eras import (
     without_envelope,
 )
 from gateway.mcp.headers import JSON
-from gateway.mcp.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, encode
+from gateway.mcp.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    encode,
+)
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
 from gateway.mcp.sse import aclose_stream, transform_messages
 from gateway.stages.forward import BACKEND_SESSION_ID, BACKEND_STATUS
@@ -108,6 +113,13 @@ class SharedSessionBridge:
                 await self._cancel_posted(ctx, call_next, key, message.params)
             return GatewayResponse(status=202)
 
+        if message.method == "initialize":
+            # The shared backend session is the gateway's; a client must not
+            # start it over, and 2026-07-28 has no initialize.
+            detail = "Method not found: initialize does not exist in 2026-07-28"
+            return jsonrpc_error_response(
+                200, message.id, METHOD_NOT_FOUND, detail, reason="method_not_found"
+            )
         session = await self._session(ctx, call_next, key, None)
         if session is None:
             return _unavailable(ctx, message.id)
