@@ -11,11 +11,14 @@ exceptions, as from the gateway's other outbound calls.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
 
 import aiohttp
+import anyio
 import httpx
 import yarl
 from opentelemetry import propagate, trace
@@ -41,8 +44,36 @@ MAX_CONNECT_SECONDS = 10.0
 _SKIPPED_AUTO_HEADERS = frozenset({"Content-Type"})
 
 
+DECODED_CONTENT_CODINGS: Final = frozenset({"identity", "gzip", "deflate"})
+"""``Content-Encoding`` values that ``httpx.Response`` always decodes when a
+body is read (httpx 0.29). It decodes ``br`` and ``zstd`` only when the
+optional ``brotli`` and ``zstandard`` packages are installed, and passes
+other codings through undecoded."""
+
+
 class UpstreamStreamError(Exception):
     """The backend's response stream failed after the response had started."""
+
+
+class DeadlineExceeded(httpx.TimeoutException):
+    """The request's deadline passed before the backend completed its answer."""
+
+
+def unsupported_content_encoding(headers: Mapping[str, str]) -> str | None:
+    """Return the first ``Content-Encoding`` coding that is not decoded, if any.
+
+    Bodies are read decoded (see :data:`DECODED_CONTENT_CODINGS`), so the
+    gateway relays them without the header. A coding outside that set would
+    reach the client as encoded bytes, so a caller must reject the body.
+    """
+    value = headers.get("content-encoding")
+    if not value:
+        return None
+    for coding in value.split(","):
+        coding = coding.strip().lower()
+        if coding and coding not in DECODED_CONTENT_CODINGS:
+            return coding
+    return None
 
 
 class BackendClient:
@@ -60,7 +91,9 @@ class BackendClient:
     are not followed, and cookies are neither stored nor sent: the client is
     shared by every user, so a cookie set for one user's request would
     otherwise be replayed on everyone's. Bodies are not decompressed here;
-    ``httpx.Response`` decodes a ``Content-Encoding`` when the body is read.
+    ``httpx.Response`` decodes a ``Content-Encoding`` when the body is read,
+    and raises ``httpx.DecodingError`` for bytes that do not match it (see
+    :func:`unsupported_content_encoding` for codings it leaves encoded).
     Certificates of https backends are checked against certifi's CA bundle,
     as ``httpx.AsyncClient(trust_env=False)`` does.
 
@@ -110,7 +143,12 @@ class BackendClient:
         return self._session
 
     async def send(
-        self, method: str, headers: dict[str, str], body: bytes
+        self,
+        method: str,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        deadline: float | None = None,
     ) -> httpx.Response:
         """Send one request to the backend's MCP URL and return once headers arrive.
 
@@ -124,8 +162,11 @@ class BackendClient:
             headers: The complete upstream request headers; this dict is not
                 changed (trace context is added to a copy).
             body: The raw request body, empty for GET and DELETE.
+            deadline: A ``time.perf_counter()`` value after which the request
+                is abandoned and its connection closed, or None.
 
         Raises:
+            DeadlineExceeded: The headers had not arrived at ``deadline``.
             httpx.TimeoutException: Connecting or waiting for headers timed out.
             httpx.TransportError: The connection failed or was reset, the
                 response was not valid HTTP, or a header value contained a
@@ -138,20 +179,32 @@ class BackendClient:
             span.set_attribute("http.request.method", method)
             outgoing = dict(headers)
             propagate.inject(outgoing)
+            # No cancel scope without a deadline, because this is every
+            # request's path.
+            limit: contextlib.AbstractContextManager[Any] = (
+                contextlib.nullcontext()
+                if deadline is None
+                else anyio.move_on_after(deadline - time.perf_counter())
+            )
+            upstream: aiohttp.ClientResponse | None = None
             try:
-                upstream = await session.request(
-                    method,
-                    self._target,
-                    headers=outgoing,
-                    data=body or None,
-                    allow_redirects=False,
-                )
+                with limit:
+                    upstream = await session.request(
+                        method,
+                        self._target,
+                        headers=outgoing,
+                        data=body or None,
+                        allow_redirects=False,
+                    )
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise _as_httpx_error(exc) from exc
             except ValueError as exc:
                 # aiohttp rejects a CR, LF or NUL in a header value this way.
                 msg = f"invalid request to the backend: {exc}"
                 raise httpx.LocalProtocolError(msg) from exc
+            if upstream is None:
+                msg = "the request's deadline passed before the response headers"
+                raise DeadlineExceeded(msg)
             status = upstream.status
             span.set_attribute("http.response.status_code", status)
             if status >= 500:

@@ -1,25 +1,24 @@
-"""Server-sent events: a parser, an encoder, a stream checker and message transforms.
+"""Server-sent events of MCP: the stream checker and message transforms.
 
-The parser follows the "event stream interpretation" rules of the WHATWG HTML
-standard. It decodes UTF-8 across chunk boundaries and ends lines at CR, LF or
-CRLF. A blank line ends an event, ``data`` lines are joined with LF, and an
-incomplete event at the end of the stream is discarded. Unlike a browser, the
-parser also returns events that carry only ``id``, ``retry`` or comments, so
-that a relay can re-emit them.
+The parser and the encoder live in :mod:`gateway.mcp.sse_parser` and are
+exported here too.
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from gateway.mcp.jsonrpc import decode, encode, message_kind, same_id
 from gateway.mcp.response import GatewayResponse
+from gateway.mcp.sse_parser import SseEvent as SseEvent
+from gateway.mcp.sse_parser import SseParser as SseParser
+from gateway.mcp.sse_parser import encode_event as encode_event
+from gateway.mcp.sse_parser import field_lines
 
 MessageTransform = Callable[[dict[str, Any]], dict[str, Any] | None]
 """Returns the replacement message, or None (or the same dict) to keep it."""
@@ -28,148 +27,39 @@ NO_REQUEST: Any = object()
 """``answers`` value of a stream that answers no request (the GET stream)."""
 
 
-@dataclass(slots=True)
-class SseEvent:
-    """One event of an event stream.
-
-    Attributes:
-        data: The ``data`` lines joined with LF, or None without a data line.
-        event: The ``event`` field (the event type), if any.
-        id: The ``id`` field, if any.
-        retry: The ``retry`` field in milliseconds, if valid.
-        comments: Comment lines, without the leading colon.
-    """
-
-    data: str | None = None
-    event: str | None = None
-    id: str | None = None
-    retry: int | None = None
-    comments: list[str] = field(default_factory=list)
+def _encode_parsed(event: SseEvent) -> bytes:
+    # encode_event for an event straight from the parser, whose data_bytes
+    # match its data and contain no CR: the data is copied as bytes, which
+    # saves encoding a message of many MiB again.
+    data = event.data_bytes
+    if data is None:
+        return encode_event(event)
+    head = "".join(f"{line}\n" for line in field_lines(event)).encode()
+    return head + b"data: " + data.replace(b"\n", b"\ndata: ") + b"\n\n"
 
 
-class SseParser:
-    """Turns chunks of an event stream into events as soon as each is complete."""
+class _Envelope(msgspec.Struct):
+    """The members of a JSON-RPC message that classify it; the rest is skipped."""
 
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
-        self._skip_lf = False
-        self._at_start = True
-        self._reset()
+    jsonrpc: Any = None
+    id: Any = msgspec.UNSET
+    method: Any = None
+    result: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    error: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
-    def _reset(self) -> None:
-        self._data: list[str] = []
-        self._event: str | None = None
-        self._id: str | None = None
-        self._retry: int | None = None
-        self._comments: list[str] = []
-        self._has_fields = False
-
-    def feed(self, chunk: bytes) -> list[SseEvent]:
-        """Parse a chunk and return the events it completed, in order."""
-        text = self._decoder.decode(chunk)
-        if not text:
-            return []
-
-        if self._at_start:
-            self._at_start = False
-            if text.startswith("\ufeff"):
-                text = text[1:]
-        if self._skip_lf:
-            # The previous chunk ended with CR; an LF here completes that CRLF.
-            self._skip_lf = False
-            if text.startswith("\n"):
-                text = text[1:]
-
-        buffer = self._buffer + text
-        events: list[SseEvent] = []
-        start = 0
-        length = len(buffer)
-        while start < length:
-            cr = buffer.find("\r", start)
-            lf = buffer.find("\n", start)
-            if cr == -1 and lf == -1:
-                break
-            if cr == -1 or (lf != -1 and lf < cr):
-                end, next_start = lf, lf + 1
-            elif cr + 1 < length:
-                end = cr
-                next_start = cr + 2 if buffer[cr + 1] == "\n" else cr + 1
-            else:
-                end, next_start = cr, cr + 1
-                self._skip_lf = True
-            event = self._process_line(buffer[start:end])
-            if event is not None:
-                events.append(event)
-            start = next_start
-
-        self._buffer = buffer[start:]
-        return events
-
-    def _process_line(self, line: str) -> SseEvent | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            self._comments.append(line[1:])
-            self._has_fields = True
-            return None
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id":
-            if "\0" in value:
-                return None
-            self._id = value
-        elif name == "retry":
-            if not (value.isascii() and value.isdigit()):
-                return None
-            self._retry = int(value)
-        else:
-            return None
-        self._has_fields = True
-        return None
-
-    def _dispatch(self) -> SseEvent | None:
-        if not self._has_fields:
-            return None
-        event = SseEvent(
-            data="\n".join(self._data) if self._data else None,
-            event=self._event,
-            id=self._id,
-            retry=self._retry,
-            comments=self._comments,
-        )
-        self._reset()
-        return event
+    def fields(self) -> dict[str, Any]:
+        """Return the members present, as :func:`message_kind` reads them."""
+        present: dict[str, Any] = {"jsonrpc": self.jsonrpc, "method": self.method}
+        if self.id is not msgspec.UNSET:
+            present["id"] = self.id
+        if self.result is not msgspec.UNSET:
+            present["result"] = True
+        if self.error is not msgspec.UNSET:
+            present["error"] = True
+        return present
 
 
-def encode_event(event: SseEvent) -> bytes:
-    """Encode one event, ending with the blank line that dispatches it.
-
-    Raises:
-        ValueError: A field other than ``data`` or a comment contains a line
-            break, which would change the stream's structure.
-    """
-    lines = [f":{comment}" for comment in event.comments]
-    for name, value in (("event", event.event), ("id", event.id)):
-        if value is not None:
-            if "\n" in value or "\r" in value:
-                msg = f"SSE field {name!r} must not contain a line break"
-                raise ValueError(msg)
-            lines.append(f"{name}: {value}")
-    if event.retry is not None:
-        lines.append(f"retry: {event.retry}")
-    if event.data is not None:
-        for data_line in (
-            event.data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        ):
-            lines.append(f"data: {data_line}")
-    lines.append("\n")
-    return "\n".join(lines).encode()
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
 
 
 @dataclass(slots=True)
@@ -179,10 +69,13 @@ class CheckedEvents:
     Attributes:
         data: The events to relay, encoded again; empty when none completed.
         dropped: Why each dropped event was dropped, in stream order.
+        too_large: Events dropped for passing the size limit. They are not
+            in ``dropped``, because a relay reports them with another reason.
     """
 
     data: bytes
     dropped: list[str]
+    too_large: int = 0
 
 
 class EventStreamChecker:
@@ -195,48 +88,71 @@ class EventStreamChecker:
     another id is dropped as well, and nothing after the response to the
     request is relayed.
 
+    With ``max_event_bytes``, an event over that size (see
+    :class:`SseParser`) is never collected. On a GET stream it is dropped
+    and counted. On the stream of a POST it may be the response itself, so
+    checking stops there and :attr:`too_large` is set: the request can no
+    longer be answered from this stream.
+
     Attributes:
         answered: Whether the response to ``answers`` has been relayed.
         resumable: Whether an event with a non-empty ``id`` has been relayed,
             so that the client can resume the stream with ``Last-Event-ID``.
+        too_large: Whether an event over the size limit ended the checking of
+            a POST's stream.
     """
 
-    def __init__(self, answers: Any = NO_REQUEST) -> None:
+    def __init__(
+        self, answers: Any = NO_REQUEST, *, max_event_bytes: int | None = None
+    ) -> None:
         self._answers = answers
-        self._parser = SseParser()
+        self._parser = SseParser(max_event_bytes)
         self.answered = False
         self.resumable = False
+        self.too_large = False
 
     def feed(self, chunk: bytes) -> CheckedEvents:
         """Check the events that ``chunk`` completes."""
         out = bytearray()
         dropped: list[str] = []
-        if self.answered:
+        too_large = 0
+        if self.answered or self.too_large:
             return CheckedEvents(b"", dropped)
         for event in self._parser.feed(chunk):
+            if event.too_large:
+                too_large += 1
+                if self._answers is not NO_REQUEST:
+                    self.too_large = True
+                    break
+                continue
             problem = self._problem(event)
             if problem is not None:
                 dropped.append(problem)
                 continue
-            out += encode_event(event)
+            out += _encode_parsed(event)
             if event.id:
                 self.resumable = True
             if self.answered:
                 break
-        return CheckedEvents(bytes(out), dropped)
+        return CheckedEvents(bytes(out), dropped, too_large)
 
     def _problem(self, event: SseEvent) -> str | None:
         if not event.data:
             return None
+        data = event.data_bytes
         try:
-            message = decode(event.data.encode())
+            envelope = _envelope_decoder.decode(
+                data if data is not None else event.data.encode()
+            )
+        except msgspec.ValidationError:
+            return "an event whose data is not one JSON-RPC message"
         except msgspec.DecodeError:
             return "an event whose data is not valid JSON"
-        kind = message_kind(message)
+        kind = message_kind(envelope.fields())
         if kind is None:
             return "an event whose data is not one JSON-RPC message"
         if kind == "response" and self._answers is not NO_REQUEST:
-            if not same_id(message.get("id"), self._answers):
+            if not same_id(envelope.id, self._answers):
                 return "a response to another request id"
             self.answered = True
         return None
@@ -304,6 +220,7 @@ async def _transform_stream(
                     replacement = _transform_json(event.data, fn)
                     if replacement is not None:
                         event.data = replacement.decode()
+                        event.data_bytes = replacement
                 out += encode_event(event)
             if out:
                 yield bytes(out)

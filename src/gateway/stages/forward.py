@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import httpx
@@ -17,13 +18,23 @@ from gateway.facts import (
     BackendCredentials,
     BackendSession,
 )
+from gateway.mcp.answers import open_relay, request_deadline
+from gateway.mcp.backend import DeadlineExceeded, unsupported_content_encoding
+from gateway.mcp.bodies import (
+    MessageTooLarge,
+    collect_answer,
+    read_limited,
+    read_message,
+)
+from gateway.mcp.cancel import send_cancelled
 from gateway.mcp.eras import (
     PARAM_HEADER_PREFIX,
     VERSION_HEADER,
     era_of,
     routing_headers,
 )
-from gateway.mcp.headers import EVENT_STREAM, JSON
+from gateway.mcp.failures import failure_response as failure_response
+from gateway.mcp.headers import EVENT_STREAM, JSON, accepts
 from gateway.mcp.jsonrpc import (
     INTERNAL_ERROR,
     decode,
@@ -32,8 +43,12 @@ from gateway.mcp.jsonrpc import (
     same_id,
 )
 from gateway.mcp.relay import RelayStream
-from gateway.mcp.response import SSE_HEADERS, GatewayResponse, jsonrpc_error_response
-from gateway.mcp.sse import SseEvent, encode_event
+from gateway.mcp.response import (
+    SSE_HEADERS,
+    GatewayResponse,
+    StreamOutcome,
+    jsonrpc_error_response,
+)
 from pipeline import BaseStage, Next
 
 log = structlog.get_logger("gateway.stages.forward")
@@ -46,8 +61,6 @@ BACKEND_CHALLENGE = "backend_www_authenticate"
 """``ctx.attributes`` key: the backend's ``WWW-Authenticate`` on 401 and 403."""
 
 GET_NOT_OFFERED_ALLOW = "POST, DELETE"
-MAX_ERROR_BODY_BYTES = 64 * 1024
-"""Bytes read from a backend error response; the rest is discarded."""
 
 _POST_ACCEPT = f"{JSON}, {EVENT_STREAM}"
 _COPIED_REQUEST_HEADERS = ("last-event-id", "traceparent", "tracestate")
@@ -56,18 +69,6 @@ _GET_FAILURES = {
     403: "backend_forbidden",
     404: "backend_session_not_found",
     429: "backend_rate_limited",
-}
-_MESSAGES = {
-    "backend_unavailable": "backend {name} unavailable",
-    "backend_timeout": "backend {name} unavailable",
-    "backend_invalid_response": "backend {name} returned an invalid response",
-    "backend_stream_failed": "backend {name} failed while sending its response",
-    "backend_unauthorized": "backend {name} rejected the gateway's credentials",
-    "backend_forbidden": "backend {name} refused the request",
-    "backend_session_not_found": "backend {name} no longer knows the session",
-    "backend_not_found": "backend {name} has no MCP endpoint at its configured URL",
-    "backend_rate_limited": "backend {name} is rate limiting requests",
-    "backend_rejected": "backend {name} rejected the request",
 }
 
 
@@ -86,9 +87,18 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
     client's body repeats a key.
 
     Of the backend's response only ``Content-Type`` and
-    ``MCP-Protocol-Version`` reach the client. Event streams are relayed
-    event by event as they arrive (see :class:`RelayStream`), and the
-    upstream response is closed when the stream ends or the client leaves.
+    ``MCP-Protocol-Version`` reach the client. Bodies are read decoded from
+    their ``Content-Encoding``, so the client never gets compressed bytes.
+    Event streams are relayed event by event as they arrive (see
+    :class:`RelayStream`), with a keepalive comment after
+    ``server.sse_keepalive`` seconds of silence, and the upstream response
+    is closed when the stream ends or the client leaves. A client whose
+    ``Accept`` excludes event streams gets the response from the backend's
+    stream as a JSON body instead. A backend message larger than
+    ``server.max_message_bytes`` fails its request with
+    ``backend_message_too_large``. Past the backend's ``deadline`` a POST is
+    abandoned with ``backend_deadline``, and a handshake-era backend gets
+    ``notifications/cancelled`` once the client has its error.
     For other stages it records in ``ctx.attributes``:
 
     - ``backend_status``: the backend's HTTP status (the exchange stage
@@ -108,7 +118,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
       instead. An event stream that ends or fails before the response gets
       the same response as its last event;
     - a notification, GET or DELETE with such a failure has no id to put in a
-      JSON-RPC error, so it gets 502, or 504 after a timeout.
+      JSON-RPC error, so it gets 502, or 504 after a timeout or the deadline.
 
     A 4xx whose body is a JSON-RPC error is relayed as that error, with the
     request id and HTTP 200. An accepted notification or response gets 202
@@ -134,7 +144,12 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
             ctx.attributes.pop(key, None)
         client = ctx.runtime.backends[ctx.backend_name].client
         try:
-            upstream = await client.send(ctx.http_method, headers, _upstream_body(ctx))
+            upstream = await client.send(
+                ctx.http_method,
+                headers,
+                _upstream_body(ctx),
+                deadline=request_deadline(ctx),
+            )
         except httpx.TimeoutException as exc:
             return await self._fail(ctx, "backend_timeout", type(exc).__name__, exc)
         except httpx.TransportError as exc:
@@ -174,12 +189,29 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
                 await upstream.aclose()
                 return GatewayResponse(status=202)
             media_type = _media_type(upstream)
+            coding = unsupported_content_encoding(upstream.headers)
+            if coding is not None:
+                await upstream.aclose()
+                detail = f"HTTP {status} with unsupported Content-Encoding {coding!r}"
+                return await self._fail(ctx, "backend_invalid_response", detail)
             if media_type == EVENT_STREAM:
-                return self._stream(ctx, upstream)
+                if accepts(ctx.headers.get("accept"), EVENT_STREAM):
+                    return self._stream(ctx, upstream)
+                return await self._answer_as_json(ctx, upstream, message.id)
             detail = f"HTTP {status} with content type {media_type or 'none'!r}"
             if media_type == JSON:
-                body = await upstream.aread()
-                await upstream.aclose()
+                limit = ctx.runtime.config.server.max_message_bytes
+                try:
+                    body = await read_message(
+                        upstream, limit=limit, deadline=request_deadline(ctx)
+                    )
+                except MessageTooLarge as exc:
+                    reason = "backend_message_too_large"
+                    return await self._fail(ctx, reason, str(exc))
+                except httpx.DecodingError:
+                    detail = f"HTTP {status} with a body that does not match its "
+                    detail += "Content-Encoding"
+                    return await self._fail(ctx, "backend_invalid_response", detail)
                 envelope = read_response_envelope(body)
                 if envelope is not None and same_id(envelope.id, message.id):
                     return GatewayResponse(
@@ -191,7 +223,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
                 await upstream.aclose()
             return await self._fail(ctx, "backend_invalid_response", detail)
 
-        body = await _read_limited(upstream)
+        body = await read_limited(upstream)
         if status in (401, 403):
             challenge = upstream.headers.get("www-authenticate")
             if challenge:
@@ -226,7 +258,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
         status = upstream.status_code
         if 200 <= status < 300 and _media_type(upstream) == EVENT_STREAM:
             return self._stream(ctx, upstream)
-        await _read_limited(upstream)
+        await read_limited(upstream)
         if status in _GET_FAILURES or status >= 500:
             reason = _GET_FAILURES.get(status, "backend_unavailable")
             return await self._fail(ctx, reason, f"HTTP {status}")
@@ -245,27 +277,18 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
         self, ctx: RequestContext, upstream: httpx.Response
     ) -> GatewayResponse:
         status = upstream.status_code
-        await _read_limited(upstream)
+        await read_limited(upstream)
         if 200 <= status < 300 or status in (404, 405):
             return GatewayResponse(status=204)
         return await self._fail(ctx, "backend_unavailable", f"HTTP {status}")
 
     def _stream(self, ctx: RequestContext, upstream: httpx.Response) -> GatewayResponse:
-        async def report(reason: str, detail: str, exc: Exception | None) -> None:
-            await self._publish_failure(ctx, reason, detail, exc)
-
-        def fallback(reason: str) -> bytes:
-            body = failure_response(ctx, reason).body
-            return encode_event(SseEvent(data=body.decode()))
-
-        message = ctx.message
-        if message is not None and message.kind == "request":
-            relay = RelayStream(upstream, report, answers=message.id, fallback=fallback)
-        else:
-            relay = RelayStream(upstream, report)
+        relay = self._relay(ctx, upstream, to_client=True)
 
         async def close_upstream(_outcome: Any) -> None:
             await relay.aclose()
+            if relay.deadline_passed:
+                await self._cancel_upstream(ctx)
 
         headers = dict(SSE_HEADERS)
         version = upstream.headers.get("mcp-protocol-version")
@@ -273,6 +296,77 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
             headers["mcp-protocol-version"] = version
         return GatewayResponse(
             status=200, headers=headers, stream=relay, on_close=[close_upstream]
+        )
+
+    def _relay(
+        self, ctx: RequestContext, upstream: httpx.Response, *, to_client: bool
+    ) -> RelayStream:
+        async def report(reason: str, detail: str, exc: Exception | None) -> None:
+            await self._publish_failure(ctx, reason, detail, exc)
+
+        return open_relay(ctx, upstream, report, to_client=to_client)
+
+    async def _answer_as_json(
+        self, ctx: RequestContext, upstream: httpx.Response, request_id: Any
+    ) -> GatewayResponse:
+        # A client whose Accept excludes event streams gets the response of
+        # the backend's stream as a JSON body; notifications are dropped.
+        relay = self._relay(ctx, upstream, to_client=False)
+        answer = await collect_answer(relay, request_id)
+        if answer is None:
+            # The relay ends every unanswered stream with the gateway's own
+            # response, so this is only reached if that changes.
+            detail = "the event stream ended without the response"
+            return await self._fail(ctx, "backend_invalid_response", detail)
+        response = GatewayResponse(
+            status=200, headers=_relayed_headers(upstream, JSON), body=answer
+        )
+        response.headers["content-type"] = JSON
+        response.reason = relay.failure_reason
+        if relay.deadline_passed:
+            response.on_close.append(self._cancel_callback(ctx))
+        return response
+
+    def _cancel_callback(
+        self, ctx: RequestContext
+    ) -> Callable[[StreamOutcome], Awaitable[None]]:
+        async def cancel(_outcome: StreamOutcome) -> None:
+            await self._cancel_upstream(ctx)
+
+        return cancel
+
+    async def _cancel_upstream(self, ctx: RequestContext) -> None:
+        """Send ``notifications/cancelled`` for a request past its deadline.
+
+        Only handshake-era backends get it: in 2026-07-28, closing the
+        response stream already cancels the request. It runs after the client
+        got its error, is bounded by the backend's ``timeout``, and a failure
+        is logged, not raised.
+        """
+        message = ctx.message
+        if message is None or message.kind != "request":
+            return
+        if message.method == "initialize":
+            return
+        credentials: BackendCredentials = ctx.fact(BACKEND_CREDENTIALS)
+        session: BackendSession | None = ctx.get_fact(BACKEND_SESSION)
+        headers = upstream_headers(ctx, credentials, session)
+        if era_of(headers.get(VERSION_HEADER)) == "stateless":
+            return
+        client = ctx.runtime.backends[ctx.backend_name].client
+        error = await send_cancelled(
+            client,
+            headers,
+            message.id,
+            reason="the gateway's deadline for the request passed",
+            timeout=ctx.backend.timeout,
+        )
+        log.info(
+            "backend.request_cancelled",
+            request_id=ctx.request_id,
+            backend=ctx.backend_name,
+            method=ctx.mcp_method,
+            error=error,
         )
 
     async def _fail(
@@ -284,8 +378,14 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
         *,
         retry_after: int | None = None,
     ) -> GatewayResponse:
+        deadline_passed = isinstance(exc, DeadlineExceeded)
+        if deadline_passed:
+            reason, detail = "backend_deadline", str(exc)
         await self._publish_failure(ctx, reason, detail, exc)
-        return failure_response(ctx, reason, retry_after=retry_after)
+        response = failure_response(ctx, reason, retry_after=retry_after)
+        if deadline_passed:
+            response.on_close.append(self._cancel_callback(ctx))
+        return response
 
     async def _publish_failure(
         self, ctx: RequestContext, reason: str, detail: str, exc: Exception | None
@@ -357,37 +457,6 @@ def upstream_headers(
     return headers
 
 
-def failure_response(
-    ctx: RequestContext, reason: str, *, retry_after: int | None = None
-) -> GatewayResponse:
-    """Build the response to a request the backend could not serve.
-
-    A ``tools/call`` gets a result with ``isError`` (so agents treat it as a
-    failed tool, not a broken connection), another request a JSON-RPC error
-    with ``data.reason``, both with HTTP 200. A notification, response, GET or
-    DELETE gets 502, or 504 for ``backend_timeout``.
-    """
-    text = _MESSAGES.get(reason, "backend {name} failed").format(name=ctx.backend_name)
-    data: dict[str, Any] = {"backend": ctx.backend_name}
-    if retry_after is not None:
-        data["retry_after"] = retry_after
-    message = ctx.message
-    if ctx.http_method == "POST" and message is not None and message.kind == "request":
-        if message.method == "tools/call":
-            result = {"content": [{"type": "text", "text": text}], "isError": True}
-            body = encode({"jsonrpc": "2.0", "id": message.id, "result": result})
-            return GatewayResponse(
-                status=200, headers={"content-type": JSON}, body=body, reason=reason
-            )
-        return jsonrpc_error_response(
-            200, message.id, INTERNAL_ERROR, text, reason=reason, data=data
-        )
-    status = 504 if reason == "backend_timeout" else 502
-    return jsonrpc_error_response(
-        status, None, INTERNAL_ERROR, text, reason=reason, data=data
-    )
-
-
 def _upstream_body(ctx: RequestContext) -> bytes:
     """Return the body to send: the parsed message, encoded again.
 
@@ -431,21 +500,3 @@ def _relayed_headers(upstream: httpx.Response, media_type: str) -> dict[str, str
 def _media_type(upstream: httpx.Response) -> str:
     content_type = str(upstream.headers.get("content-type", ""))
     return content_type.split(";", 1)[0].strip().lower()
-
-
-async def _read_limited(upstream: httpx.Response) -> bytes:
-    # Read at most MAX_ERROR_BODY_BYTES of a response the gateway will not
-    # relay, then close it.
-    chunks: list[bytes] = []
-    size = 0
-    body = upstream.aiter_bytes()
-    try:
-        async for chunk in body:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= MAX_ERROR_BODY_BYTES:
-                break
-    finally:
-        await body.aclose()  # type: ignore[attr-defined]
-        await upstream.aclose()
-    return b"".join(chunks)[:MAX_ERROR_BODY_BYTES]
