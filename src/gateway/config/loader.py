@@ -167,6 +167,7 @@ def _lookup(raw: Any, path: str) -> Any:
 def _check_semantics(config: GatewayConfig) -> list[str]:
     problems: list[str] = []
     problems.extend(_check_url("server.public_url", config.server.public_url))
+    problems.extend(_check_canonical("server.public_url", config.server.public_url))
     problems.extend(_check_url("upstream.issuer", config.upstream.issuer))
     for index, origin in enumerate(config.server.allowed_origins):
         problems.extend(_check_origin(f"server.allowed_origins[{index}]", origin))
@@ -227,6 +228,28 @@ def _check_origin(path: str, origin: str) -> list[str]:
         f"{path}: invalid origin {origin!r}; write scheme://host[:port] exactly "
         "as the browser sends it (no path, no wildcard)"
     ]
+
+
+def _check_canonical(path: str, url: str) -> list[str]:
+    # Resources are public_url plus a path, compared byte for byte by clients
+    # (RFC 9728 section 3.3), so the URL must already be in canonical form.
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return []
+    default_port = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    try:
+        port = parts.port
+    except ValueError:
+        return []
+    # urlsplit lower-cases the scheme, so the raw text is checked.
+    scheme = url.split(":", 1)[0]
+    upper_case = any(character.isupper() for character in scheme + parts.netloc)
+    if upper_case or (port is not None and port == default_port):
+        return [
+            f"{path}: {url!r} is not in canonical form; write the scheme and host "
+            "in lower case and leave out the default port"
+        ]
+    return []
 
 
 def _check_url(path: str, url: str) -> list[str]:

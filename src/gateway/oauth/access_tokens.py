@@ -27,11 +27,16 @@ class AccessTokenError(Exception):
 
     Attributes:
         reason: ``invalid_token``, ``token_expired`` or ``wrong_audience``.
+        unknown_key: Whether the token names a ``kid`` the keys lack, which a
+            reload of the key file may fix.
     """
 
-    def __init__(self, message: str, *, reason: str = "invalid_token") -> None:
+    def __init__(
+        self, message: str, *, reason: str = "invalid_token", unknown_key: bool = False
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.unknown_key = unknown_key
 
 
 def agent_claim(grant: Grant) -> dict[str, Any]:
@@ -107,7 +112,8 @@ def verify_access_token(
     try:
         header, claims = keys.verify(token, algorithms=algorithms)
     except TokenVerificationError as exc:
-        raise AccessTokenError(str(exc)) from None
+        unknown_key = exc.reason == "unknown_key"
+        raise AccessTokenError(str(exc), unknown_key=unknown_key) from None
     typ = header.get("typ")
     if require_typ and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES):
         raise AccessTokenError(f"the token type {typ!r} is not at+jwt")

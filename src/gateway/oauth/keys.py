@@ -3,6 +3,12 @@
 The key file is a JWK Set of private keys, newest first. The newest key signs.
 Every key in the file is published in the JWKS, so tokens signed before a
 rotation stay verifiable until the old key is dropped from the file.
+
+Another process sharing the key file (a second replica, or one restarted with
+another algorithm) may rotate it while this one runs. A token whose ``kid``
+these keys lack then makes :meth:`SigningKeys.reload_for_unknown_kid` read the
+file again: at most once per :data:`RELOAD_INTERVAL` seconds, shared by
+concurrent callers, and keeping the loaded keys when the file cannot be read.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import structlog
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -29,6 +37,9 @@ MAX_TOKEN_LENGTH = 16 * 1024
 
 MAX_KEYS = 3
 """Keys kept in the file after a rotation: the new one and the newest old ones."""
+
+RELOAD_INTERVAL = 30.0
+"""Minimum seconds between two reads of the key file caused by unknown ``kid``s."""
 
 SigningKey = ECKey | RSAKey
 
@@ -54,21 +65,31 @@ class SigningKeys:
     """
 
     def __init__(
-        self, keys: Sequence[SigningKey], *, path: pathlib.Path | None = None
+        self,
+        keys: Sequence[SigningKey],
+        *,
+        path: pathlib.Path | None = None,
+        reload_interval: float = RELOAD_INTERVAL,
     ) -> None:
         if not keys:
             msg = "SigningKeys needs at least one key"
             raise ValueError(msg)
-        self._keys: list[SigningKey] = list(keys)
-        self._by_kid: dict[str, SigningKey] = {}
-        for key in self._keys:
+        for key in keys:
             if not key.is_private:
                 msg = (
                     f"signing key {key.kid!r} is a public key; a private key is needed"
                 )
                 raise ValueError(msg)
-            self._by_kid[_kid(key)] = key
+        self._use(keys)
         self.path = path
+        self._reload_interval = reload_interval
+        self._reload_lock = anyio.Lock()
+        self._reloaded_at: float | None = None
+        self._reload_changed = False
+
+    def _use(self, keys: Sequence[SigningKey]) -> None:
+        self._keys: list[SigningKey] = list(keys)
+        self._by_kid: dict[str, SigningKey] = {_kid(key): key for key in self._keys}
 
     @classmethod
     def load_or_create(
@@ -126,10 +147,52 @@ class SigningKeys:
         file, if any, is rewritten.
         """
         key = generate_key(algorithm or self.algorithm)
-        self._keys = [key, *self._keys][:MAX_KEYS]
-        self._by_kid = {_kid(k): k for k in self._keys}
+        self._use([key, *self._keys][:MAX_KEYS])
         if self.path is not None:
             self.save()
+
+    def knows(self, kid: str) -> bool:
+        """Return whether a key with this ``kid`` is loaded."""
+        return kid in self._by_kid
+
+    async def reload_for_unknown_kid(self) -> bool:
+        """Read the key file again because a token named a ``kid`` not loaded.
+
+        Reads at most once per ``reload_interval`` seconds; concurrent callers
+        share one read. A file that is missing or invalid leaves the loaded
+        keys in place. Keys without a file are never reloaded.
+
+        Returns:
+            Whether the loaded key set changed.
+        """
+        if self.path is None:
+            return False
+        started = time.monotonic()
+        async with self._reload_lock:
+            last = self._reloaded_at
+            # Another caller read the file while this one waited: share its result.
+            if last is not None and last >= started:
+                return self._reload_changed
+            if last is not None and started - last < self._reload_interval:
+                return False
+            self._reloaded_at = time.monotonic()
+            self._reload_changed = False
+            try:
+                keys = await anyio.to_thread.run_sync(_read_key_file, self.path)
+            except (OSError, ValueError) as exc:
+                log.warning(
+                    "signing_keys.reload_failed",
+                    path=str(self.path),
+                    error=str(exc),
+                    kept=len(self._keys),
+                )
+                return False
+            if [_kid(key) for key in keys] == [_kid(key) for key in self._keys]:
+                return False
+            self._use(keys)
+            self._reload_changed = True
+            log.info("signing_keys.reloaded", path=str(self.path), kid=self.kid)
+            return True
 
     def save(self) -> None:
         """Write the private keys to the key file with mode 0600, atomically."""

@@ -68,7 +68,9 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
     resource: a string, or an array whose members are all that resource. A
     token that also names any other audience is rejected. ``exp``, ``nbf``
     and ``iat`` are checked with the leeway, and the grant the token refers
-    to must still exist.
+    to must still exist. A token whose ``kid`` no loaded key has makes the
+    gateway read its key file again (at most every 30 seconds), so that a
+    rotation by another process sharing the file is picked up.
 
     Success provides ``principal`` and publishes ``RequestAuthenticated``.
     Failure ends the chain with HTTP 401 and publishes ``AuthenticationFailed``.
@@ -134,15 +136,7 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
         claims = self._verified.get((token, ctx.resource))
         if claims is None or claims["exp"] + self.config.leeway <= time.time():
             try:
-                claims = verify_access_token(
-                    runtime.keys,
-                    token,
-                    issuer=runtime.issuer,
-                    audience=ctx.resource,
-                    algorithms=self.config.algorithms,
-                    leeway=self.config.leeway,
-                    require_typ=self.config.require_typ,
-                )
+                claims = await self._verify(runtime, token, ctx.resource)
             except AccessTokenError as exc:
                 self._verified.pop((token, ctx.resource), None)
                 return await self._reject(ctx, exc.reason, str(exc))
@@ -173,6 +167,32 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
             )
         )
         return await call_next(ctx)
+
+    async def _verify(self, runtime: Any, token: str, resource: str) -> dict[str, Any]:
+        """Verify a token; on an unknown ``kid``, reload the keys and try once more.
+
+        Raises:
+            AccessTokenError: The token is not valid for ``resource``.
+        """
+
+        def verify() -> dict[str, Any]:
+            return verify_access_token(
+                runtime.keys,
+                token,
+                issuer=runtime.issuer,
+                audience=resource,
+                algorithms=self.config.algorithms,
+                leeway=self.config.leeway,
+                require_typ=self.config.require_typ,
+            )
+
+        try:
+            return verify()
+        except AccessTokenError as exc:
+            # Another process sharing the key file may have rotated it.
+            if not exc.unknown_key or not await runtime.keys.reload_for_unknown_kid():
+                raise
+        return verify()
 
     async def _reject(
         self, ctx: RequestContext, reason: str, detail: str
