@@ -11,6 +11,11 @@ connections, the script writes to ``OUT_DIR``:
 - ``urls.json``: the base URL of ``gateway``, ``idp``, ``employees`` and
   ``partners``, and the partners API key and its header name.
 
+It also serves the ``progress`` backend of ``_progress_backend.py``, which
+responds with event streams, for ``streaming.py``. The gateway config adds it
+as backend ``progress`` at ``/progress/mcp``, open to the ``cursor`` agent,
+and ``urls.json`` adds its base URL under ``progress``.
+
 ``urls.json`` is written last, so its presence means the stack is ready. The
 process serves until it gets SIGTERM or SIGINT.
 """
@@ -25,6 +30,7 @@ from pathlib import Path
 
 import anyio
 import yaml
+from _progress_backend import API_KEY, API_KEY_HEADER, create_progress_app
 
 from gateway.config import StaticKeyAuth, load_config_text
 from gateway.demo.runner import DEMO_PORTS, demo_config_text, demo_peer_apps
@@ -49,6 +55,13 @@ def gateway_config_text(
     document = yaml.safe_load(text)
     document["server"]["port"] = int(urls["gateway"].rsplit(":", 1)[1])
     document["server"]["var_dir"] = str(var_dir)
+    if "progress" in urls:
+        document["backends"]["progress"] = {
+            "path": "/progress/mcp",
+            "url": urls["progress"] + "/mcp",
+            "auth": {"kind": "static-key", "header": API_KEY_HEADER, "value": API_KEY},
+        }
+        document["agents"]["cursor"]["backends"].append("progress")
     if pipeline:
         stages = [name.strip() for name in pipeline.split(",")]
         document["pipeline"] = stages
@@ -61,7 +74,8 @@ def gateway_config_text(
 
 async def serve(out_dir: Path, pipeline: str | None) -> None:
     sockets = {
-        name: bind_socket("127.0.0.1", 0) for name in ("idp", "employees", "partners")
+        name: bind_socket("127.0.0.1", 0)
+        for name in ("idp", "employees", "partners", "progress")
     }
     urls = {
         name: f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -73,6 +87,7 @@ async def serve(out_dir: Path, pipeline: str | None) -> None:
     partners_auth = config.backends["partners"].auth
     assert isinstance(partners_auth, StaticKeyAuth)
     apps = demo_peer_apps(config, urls, json_response=True)
+    apps["progress"] = create_progress_app()
 
     async with AsyncExitStack() as stack:
         for name, app in apps.items():
