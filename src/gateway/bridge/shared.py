@@ -52,6 +52,8 @@ from pipeline import Next
 log = structlog.get_logger("gateway.bridge.shared")
 
 NAMESPACE = "shared_backend_session"
+CANCEL_SECONDS = 5.0
+"""Longest wait for the backend to take a ``notifications/cancelled``."""
 
 
 class SharedSession(msgspec.Struct, kw_only=True):
@@ -163,7 +165,14 @@ class SharedSessionBridge:
             protocol_version=session.protocol_version,
             backend_session_id=session.backend_session_id,
         )
-        response = await call_next(sent)
+        try:
+            response = await call_next(sent)
+        except anyio.get_cancelled_exc_class():
+            # The client left before the backend answered: 2026-07-28 counts
+            # that as cancelling the request.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_SECONDS):
+                await self._cancel(ctx, call_next, session, backend_id, "client left")
+            raise
         # The exchange stage reads the backend status to retry after a 401.
         for name in (BACKEND_STATUS, BACKEND_SESSION_ID):
             ctx.attributes.pop(name, None)

@@ -24,7 +24,7 @@ CLIENT_DISCONNECTED = "client disconnected"
 
 
 class ClientDisconnected(Exception):
-    """The client closed the connection before the request body was read."""
+    """The client closed the connection before it could get its response."""
 
 
 class RequestBodyError(Exception):

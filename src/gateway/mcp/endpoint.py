@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,8 +301,7 @@ class McpEndpoint:
             message=exchange.message,
             envelope=envelope,
         )
-        response: GatewayResponse = await backend.chain(ctx)
-        return response
+        return await _run_chain(backend.chain, ctx, receive)
 
     async def _check_stateless_http(
         self, exchange: _Exchange
@@ -470,6 +470,37 @@ class McpEndpoint:
                 "gateway.stream_ms", round((time.perf_counter() - started) * 1000, 3)
             )
             await _run_on_close(exchange, response, outcome)
+
+
+async def _run_chain(
+    chain: Callable[[RequestContext], Awaitable[GatewayResponse]],
+    ctx: RequestContext,
+    receive: ASGIReceive,
+) -> GatewayResponse:
+    """Run the chain, cancelling it when the client disconnects meanwhile.
+
+    The request body has been read, so the next ASGI message can only be
+    ``http.disconnect``. A client that leaves while the backend has not
+    answered yet cancels the chain, which closes the upstream request (how a
+    2026-07-28 client cancels) instead of letting it run to its end.
+
+    Raises:
+        ClientDisconnected: The client left before the chain returned.
+    """
+    responses: list[GatewayResponse] = []
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        responses.append(await chain(ctx))
+        group.cancel_scope.cancel()
+    if not responses:
+        raise ClientDisconnected("the client left while the backend was working")
+    return responses[0]
 
 
 def _describe_message(span: Span, message: JsonRpcMessage) -> None:
