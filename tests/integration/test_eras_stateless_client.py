@@ -258,3 +258,23 @@ async def test_stateless_notification_gets_202_with_empty_body(
         )
     assert response.status_code == 202
     assert response.content == b""
+
+
+async def test_stateless_unknown_method_relays_backend_error(
+    dual_era: tuple[GatewayHarness, BackendControls],
+) -> None:
+    """The backend's 404 with -32601 reaches the client as that error, in a 200."""
+    gateway, _ = dual_era
+    body = {
+        "jsonrpc": "2.0",
+        "id": "m",
+        "method": "no/such/method",
+        "params": {"_meta": dict(ENVELOPE)},
+    }
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            gateway.mcp_url, json=body, headers=stateless_headers("no/such/method")
+        )
+    assert response.status_code == 200
+    assert response.json()["id"] == "m"
+    assert response.json()["error"]["code"] == -32601
