@@ -231,21 +231,22 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
             reason = "backend_unauthorized" if status == 401 else "backend_forbidden"
             return await self._fail(ctx, reason, f"HTTP {status}")
         if status == 404:
-            # A 2026-07-28 backend answers an unknown method with 404 and a
-            # JSON-RPC error for the request; a lost session or a wrong URL
-            # gives no error for this request's id.
-            envelope = read_response_envelope(body) if is_request else None
+            sent_session = (
+                session is not None and session.backend_session_id is not None
+            )
+            # Without a session, a 2026-07-28 backend answers an unknown
+            # method with 404 and a JSON-RPC error for the request. With one,
+            # 404 means the backend lost the session, whatever the body says.
+            envelope = read_response_envelope(body)
             if (
-                envelope is not None
+                not sent_session
+                and envelope is not None
                 and message is not None
                 and same_id(envelope.id, message.id)
             ):
                 relayed = _relay_backend_error(message.id, upstream, body)
                 if relayed is not None:
                     return relayed
-            sent_session = (
-                session is not None and session.backend_session_id is not None
-            )
             reason = (
                 "backend_session_not_found" if sent_session else "backend_not_found"
             )
