@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import httpx
@@ -26,28 +25,19 @@ from gateway.mcp.bodies import (
     read_limited,
     read_message,
 )
-from gateway.mcp.cancel import send_cancelled
-from gateway.mcp.eras import (
-    PARAM_HEADER_PREFIX,
-    VERSION_HEADER,
-    era_of,
-    routing_headers,
-)
 from gateway.mcp.failures import failure_response as failure_response
 from gateway.mcp.headers import EVENT_STREAM, JSON, accepts
-from gateway.mcp.jsonrpc import (
-    INTERNAL_ERROR,
-    decode,
-    encode,
-    read_response_envelope,
-    same_id,
-)
+from gateway.mcp.jsonrpc import INTERNAL_ERROR, read_response_envelope, same_id
 from gateway.mcp.relay import RelayStream
-from gateway.mcp.response import (
-    SSE_HEADERS,
-    GatewayResponse,
-    StreamOutcome,
-    jsonrpc_error_response,
+from gateway.mcp.response import SSE_HEADERS, GatewayResponse, jsonrpc_error_response
+from gateway.mcp.upstream import (
+    cancel_callback,
+    cancel_upstream,
+    media_type_of,
+    relay_backend_error,
+    relayed_headers,
+    upstream_body,
+    upstream_headers,
 )
 from pipeline import BaseStage, Next
 
@@ -62,8 +52,6 @@ BACKEND_CHALLENGE = "backend_www_authenticate"
 
 GET_NOT_OFFERED_ALLOW = "POST, DELETE"
 
-_POST_ACCEPT = f"{JSON}, {EVENT_STREAM}"
-_COPIED_REQUEST_HEADERS = ("last-event-id", "traceparent", "tracestate")
 _GET_FAILURES = {
     401: "backend_unauthorized",
     403: "backend_forbidden",
@@ -147,7 +135,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
             upstream = await client.send(
                 ctx.http_method,
                 headers,
-                _upstream_body(ctx),
+                upstream_body(ctx),
                 deadline=request_deadline(ctx),
             )
         except httpx.TimeoutException as exc:
@@ -188,7 +176,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
             if message is None or message.kind != "request":
                 await upstream.aclose()
                 return GatewayResponse(status=202)
-            media_type = _media_type(upstream)
+            media_type = media_type_of(upstream)
             coding = unsupported_content_encoding(upstream.headers)
             if coding is not None:
                 await upstream.aclose()
@@ -215,7 +203,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
                 envelope = read_response_envelope(body)
                 if envelope is not None and same_id(envelope.id, message.id):
                     return GatewayResponse(
-                        status=200, headers=_relayed_headers(upstream, JSON), body=body
+                        status=200, headers=relayed_headers(upstream, JSON), body=body
                     )
                 if envelope is not None:
                     detail = f"HTTP {status} with a response to another request id"
@@ -244,7 +232,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
                 and message is not None
                 and same_id(envelope.id, message.id)
             ):
-                relayed = _relay_backend_error(message.id, upstream, body)
+                relayed = relay_backend_error(message.id, upstream, body)
                 if relayed is not None:
                     return relayed
             reason = (
@@ -259,7 +247,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
             )
         if 400 <= status < 500:
             if is_request and ctx.message is not None:
-                relayed = _relay_backend_error(ctx.message.id, upstream, body)
+                relayed = relay_backend_error(ctx.message.id, upstream, body)
                 if relayed is not None:
                     return relayed
             return await self._fail(ctx, "backend_rejected", f"HTTP {status}")
@@ -269,7 +257,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
         self, ctx: RequestContext, upstream: httpx.Response
     ) -> GatewayResponse:
         status = upstream.status_code
-        if 200 <= status < 300 and _media_type(upstream) == EVENT_STREAM:
+        if 200 <= status < 300 and media_type_of(upstream) == EVENT_STREAM:
             return self._stream(ctx, upstream)
         await read_limited(upstream)
         if status in _GET_FAILURES or status >= 500:
@@ -301,7 +289,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
         async def close_upstream(_outcome: Any) -> None:
             await relay.aclose()
             if relay.deadline_passed:
-                await self._cancel_upstream(ctx)
+                await cancel_upstream(ctx)
 
         headers = dict(SSE_HEADERS)
         version = upstream.headers.get("mcp-protocol-version")
@@ -332,55 +320,13 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
             detail = "the event stream ended without the response"
             return await self._fail(ctx, "backend_invalid_response", detail)
         response = GatewayResponse(
-            status=200, headers=_relayed_headers(upstream, JSON), body=answer
+            status=200, headers=relayed_headers(upstream, JSON), body=answer
         )
         response.headers["content-type"] = JSON
         response.reason = relay.failure_reason
         if relay.deadline_passed:
-            response.on_close.append(self._cancel_callback(ctx))
+            response.on_close.append(cancel_callback(ctx))
         return response
-
-    def _cancel_callback(
-        self, ctx: RequestContext
-    ) -> Callable[[StreamOutcome], Awaitable[None]]:
-        async def cancel(_outcome: StreamOutcome) -> None:
-            await self._cancel_upstream(ctx)
-
-        return cancel
-
-    async def _cancel_upstream(self, ctx: RequestContext) -> None:
-        """Send ``notifications/cancelled`` for a request past its deadline.
-
-        Only handshake-era backends get it: in 2026-07-28, closing the
-        response stream already cancels the request. It runs after the client
-        got its error, is bounded by the backend's ``timeout``, and a failure
-        is logged, not raised.
-        """
-        message = ctx.message
-        if message is None or message.kind != "request":
-            return
-        if message.method == "initialize":
-            return
-        credentials: BackendCredentials = ctx.fact(BACKEND_CREDENTIALS)
-        session: BackendSession | None = ctx.get_fact(BACKEND_SESSION)
-        headers = upstream_headers(ctx, credentials, session)
-        if era_of(headers.get(VERSION_HEADER)) == "stateless":
-            return
-        client = ctx.runtime.backends[ctx.backend_name].client
-        error = await send_cancelled(
-            client,
-            headers,
-            message.id,
-            reason="the gateway's deadline for the request passed",
-            timeout=ctx.backend.timeout,
-        )
-        log.info(
-            "backend.request_cancelled",
-            request_id=ctx.request_id,
-            backend=ctx.backend_name,
-            method=ctx.mcp_method,
-            error=error,
-        )
 
     async def _fail(
         self,
@@ -397,7 +343,7 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
         await self._publish_failure(ctx, reason, detail, exc)
         response = failure_response(ctx, reason, retry_after=retry_after)
         if deadline_passed:
-            response.on_close.append(self._cancel_callback(ctx))
+            response.on_close.append(cancel_callback(ctx))
         return response
 
     async def _publish_failure(
@@ -420,96 +366,3 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
                 detail=detail,
             )
         )
-
-
-def upstream_headers(
-    ctx: RequestContext,
-    credentials: BackendCredentials,
-    session: BackendSession | None,
-) -> dict[str, str]:
-    """Build the headers of the request to the backend from scratch.
-
-    ``MCP-Protocol-Version`` is the version agreed with the backend (the
-    ``backend_session`` fact's, else the client's). A 2026-07-28 request gets
-    ``Mcp-Method`` and ``Mcp-Name`` computed from the body sent, and a
-    2026-07-28 client's ``Mcp-Param-*`` headers. Copied from the client:
-    ``Last-Event-ID`` and the W3C trace context (replaced by the client
-    span's context when tracing records). Added: the backend session id,
-    the credential headers, and ``Accept-Encoding: identity`` so that event
-    streams are never compressed.
-    """
-    headers: dict[str, str] = {"accept-encoding": "identity"}
-    if ctx.http_method == "POST":
-        headers["content-type"] = JSON
-        headers["accept"] = _POST_ACCEPT
-    elif ctx.http_method == "GET":
-        headers["accept"] = EVENT_STREAM
-    else:
-        headers["accept"] = _POST_ACCEPT
-    version = ctx.protocol_version
-    if session is not None and session.protocol_version is not None:
-        version = session.protocol_version
-    if version:
-        headers[VERSION_HEADER] = version
-    message = ctx.message
-    if version is not None and era_of(version) == "stateless" and message is not None:
-        if message.method is not None:
-            headers.update(routing_headers(message.method, message.params, version))
-        if ctx.era == "stateless":
-            for name, sent in ctx.headers.items():
-                if name.startswith(PARAM_HEADER_PREFIX):
-                    headers[name] = sent
-    for name in _COPIED_REQUEST_HEADERS:
-        value = ctx.headers.get(name)
-        if value is not None:
-            headers[name] = value
-    if session is not None and session.backend_session_id is not None:
-        headers["mcp-session-id"] = session.backend_session_id
-    for name, value in credentials.headers.items():
-        headers[name.lower()] = value
-    return headers
-
-
-def _upstream_body(ctx: RequestContext) -> bytes:
-    """Return the body to send: the parsed message, encoded again.
-
-    Stages decide on the parsed message, but a body can hold a key twice
-    (``"name"`` of ``tools/call``, or ``"method"``), and msgspec keeps the
-    last one while a backend's parser may keep the first. Sending the parsed
-    message makes the backend read exactly what the stages checked. Encoding
-    costs about 0.3 us for a 160-byte ``tools/call`` and 50 us for a 100 KB
-    one (``timeit`` of ``msgspec.json.Encoder.encode`` on a 2-core AMD EPYC).
-    """
-    if ctx.message is None:
-        return ctx.body
-    return encode(ctx.message.data)
-
-
-def _relay_backend_error(
-    request_id: Any, upstream: httpx.Response, body: bytes
-) -> GatewayResponse | None:
-    # A backend's JSON-RPC error (unknown tool, invalid params) reaches the
-    # client with HTTP 200 and the client's own id.
-    if _media_type(upstream) != JSON or read_response_envelope(body) is None:
-        return None
-    message = decode(body)
-    error = message.get("error")
-    if not isinstance(error, dict):
-        return None
-    body = encode({"jsonrpc": "2.0", "id": request_id, "error": error})
-    return GatewayResponse(
-        status=200, headers={"content-type": JSON}, body=body, reason="backend_rejected"
-    )
-
-
-def _relayed_headers(upstream: httpx.Response, media_type: str) -> dict[str, str]:
-    headers = {"content-type": upstream.headers.get("content-type", media_type)}
-    version = upstream.headers.get("mcp-protocol-version")
-    if version:
-        headers["mcp-protocol-version"] = version
-    return headers
-
-
-def _media_type(upstream: httpx.Response) -> str:
-    content_type = str(upstream.headers.get("content-type", ""))
-    return content_type.split(";", 1)[0].strip().lower()

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import anyio
-import msgspec
-import structlog
-
 from gateway.bridge.backend_era import BackendEras, Discovery
-from gateway.bridge.derived import derived_context, finish_unsent, read_messages
+from gateway.bridge.derived import finish_unsent
+from gateway.bridge.handshake import (
+    BackendSessionRenewal,
+    InFlightRequests,
+    initialize_accepted,
+    refuses_handshake,
+)
+from gateway.bridge.handshake import session_ref as session_ref
 from gateway.bridge.shared import SharedSessionBridge
 from gateway.bridge.terminated import (
     TerminatedSessions,
@@ -35,15 +35,11 @@ from gateway.facts import (
     BackendSession,
     Principal,
 )
-from gateway.mcp.eras import HANDSHAKE_VERSIONS, UNSUPPORTED_PROTOCOL_VERSION
-from gateway.mcp.jsonrpc import INVALID_REQUEST, decode
-from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
-from gateway.mcp.sse import aclose_stream
+from gateway.mcp.jsonrpc import INVALID_REQUEST
+from gateway.mcp.response import GatewayResponse, jsonrpc_error_response
 from gateway.sessions import SessionRecord
 from gateway.stages.forward import BACKEND_SESSION_ID, BACKEND_STATUS, failure_response
 from pipeline import BaseStage, Next
-
-log = structlog.get_logger("gateway.stages.session")
 
 
 class SessionStage(BaseStage[RequestContext, GatewayResponse]):
@@ -84,14 +80,11 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
 
     def __init__(self, *, name: str, config: Any, resources: Any) -> None:
         super().__init__(name=name, config=config, resources=resources)
-        self._reinitializing: dict[str, anyio.Lock] = {}
+        self._renewal = BackendSessionRenewal()
         self._eras = BackendEras()
         self._terminated = TerminatedSessions()
         self._shared: SharedSessionBridge | None = None
-        # (gateway session id, request id as text) of the requests in flight.
-        # NOTE: the set covers this process only. Once several replicas serve
-        # one session, the in-flight ids must be tracked in the shared store.
-        self._in_flight: set[tuple[str, str]] = set()
+        self._in_flight = InFlightRequests()
 
     async def handle(
         self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
@@ -137,11 +130,8 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         message = ctx.message
         if message is None or message.kind != "request":
             return await self._resume(ctx, call_next, record)
-        # 5 and "5" are different JSON-RPC ids, but the official Python SDK
-        # (mcp 2.3.0, server/streamable_http.py) keys its response streams by
-        # str(id), so such a backend would drop one of the two.
-        key = (record.gateway_session_id, str(message.id))
-        if key in self._in_flight:
+        key = self._in_flight.claim(record.gateway_session_id, message.id)
+        if key is None:
             detail = (
                 "Invalid Request: request id already in use in this session; "
                 "wait for its response or send another id"
@@ -152,27 +142,12 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             return jsonrpc_error_response(
                 400, message.id, INVALID_REQUEST, detail, reason="request_id_in_use"
             )
-        self._in_flight.add(key)
         try:
             response = await self._resume(ctx, call_next, record)
         except BaseException:
-            self._in_flight.discard(key)
+            self._in_flight.release(key)
             raise
-
-        # The id is free once the client can have its response: before a JSON
-        # body is sent, and before the event that carries the response is
-        # relayed. A client that waits for each response is never rejected.
-        stream = response.stream
-        if stream is None:
-            self._in_flight.discard(key)
-            return response
-
-        async def release(_outcome: StreamOutcome) -> None:
-            self._in_flight.discard(key)
-
-        response.on_close.append(release)
-        response.stream = self._release_on_answer(stream, key)
-        return response
+        return self._in_flight.release_when_answered(response, key)
 
     async def _stateless(
         self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
@@ -248,17 +223,6 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         )
         return response
 
-    async def _release_on_answer(
-        self, stream: AsyncIterator[bytes], key: tuple[str, str]
-    ) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in stream:
-                if getattr(stream, "answered", False):
-                    self._in_flight.discard(key)
-                yield chunk
-        finally:
-            await aclose_stream(stream)
-
     async def _resume(
         self,
         ctx: RequestContext,
@@ -278,7 +242,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         if used is None or ctx.attributes.get(BACKEND_STATUS) != 404:
             return response
 
-        renewed = await self._renew_backend_session(ctx, call_next, record, used)
+        renewed = await self._renewal.renew(ctx, call_next, record, used)
         if renewed is None:
             return response
         await finish_unsent(
@@ -303,12 +267,12 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             BackendSession(gateway_session_id=None, backend_session_id=None),
         )
         response = await call_next(ctx)
-        if _refuses_handshake(response):
+        if refuses_handshake(response):
             # The backend serves 2026-07-28 only: hold the session here.
             await finish_unsent(response, "discarded: the backend speaks 2026-07-28")
             self._eras.record(ctx.backend_name, "stateless")
             return await self._initialize_terminated(ctx, call_next, None)
-        if not _initialize_accepted(ctx, response):
+        if not initialize_accepted(ctx, response):
             return response
         record = await ctx.runtime.sessions.create(
             user_iss=principal.iss,
@@ -353,76 +317,6 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         )
         return GatewayResponse(status=204)
 
-    async def _renew_backend_session(
-        self,
-        ctx: RequestContext,
-        call_next: Next[RequestContext, GatewayResponse],
-        record: SessionRecord,
-        lost_id: str,
-    ) -> SessionRecord | None:
-        # One renewal per session at a time: requests that failed on the same
-        # lost backend session wait and reuse the first renewal's result.
-        key = record.gateway_session_id
-        lock = self._reinitializing.setdefault(key, anyio.Lock())
-        try:
-            async with lock:
-                current = await ctx.runtime.sessions.get(key)
-                if current is None:
-                    return None
-                if current.backend_session_id != lost_id:
-                    return current
-                new_id = await self._initialize_backend(ctx, call_next, current)
-                if new_id is None:
-                    return None
-                current.backend_session_id = new_id
-                await ctx.runtime.sessions.update(current)
-                log.info(
-                    "session.backend_reinitialized",
-                    request_id=ctx.request_id,
-                    backend=ctx.backend_name,
-                    session=session_ref(key),
-                )
-                return current
-        finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._reinitializing.pop(key, None)
-
-    async def _initialize_backend(
-        self,
-        ctx: RequestContext,
-        call_next: Next[RequestContext, GatewayResponse],
-        record: SessionRecord,
-    ) -> str | None:
-        request_id = f"gateway-{uuid.uuid4().hex}"
-        initialize = {
-            "jsonrpc": "2.0",
-            "id": request_id,
-            "method": "initialize",
-            "params": record.initialize_params,
-        }
-        init_ctx = derived_context(
-            ctx, initialize, protocol_version=None, backend_session_id=None
-        )
-        response = await call_next(init_ctx)
-        messages = await read_messages(response)
-        new_id = init_ctx.attributes.get(BACKEND_SESSION_ID)
-        succeeded = any(m.get("id") == request_id and "result" in m for m in messages)
-        if not succeeded or not isinstance(new_id, str):
-            log.warning(
-                "session.backend_reinitialize_failed",
-                request_id=ctx.request_id,
-                backend=ctx.backend_name,
-                backend_status=init_ctx.attributes.get(BACKEND_STATUS),
-            )
-            return None
-        version = _negotiated_version(messages, request_id) or record.protocol_version
-        notification = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        notify_ctx = derived_context(
-            ctx, notification, protocol_version=version, backend_session_id=new_id
-        )
-        await finish_unsent(await call_next(notify_ctx), None)
-        return new_id
-
     async def _reject(
         self,
         ctx: RequestContext,
@@ -444,60 +338,9 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         )
 
 
-def session_ref(session_id: str) -> str:
-    """Return how events name a session: a SHA-256 prefix, never the id itself."""
-    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
-
-
 def _fact(record: SessionRecord) -> BackendSession:
     return BackendSession(
         gateway_session_id=record.gateway_session_id,
         backend_session_id=record.backend_session_id,
         protocol_version=record.protocol_version,
     )
-
-
-def _refuses_handshake(response: GatewayResponse) -> bool:
-    """Return whether ``initialize`` failed because only 2026-07-28 is served.
-
-    That is a JSON-RPC error -32022 whose ``data.supported`` lists no
-    handshake revision.
-    """
-    if response.is_stream or not response.body:
-        return False
-    try:
-        message = decode(response.body)
-    except msgspec.DecodeError:
-        return False
-    error = message.get("error") if isinstance(message, dict) else None
-    if not isinstance(error, dict) or error.get("code") != UNSUPPORTED_PROTOCOL_VERSION:
-        return False
-    data = error.get("data")
-    supported = data.get("supported") if isinstance(data, dict) else None
-    return isinstance(supported, list) and not any(
-        version in HANDSHAKE_VERSIONS for version in supported
-    )
-
-
-def _initialize_accepted(ctx: RequestContext, response: GatewayResponse) -> bool:
-    status = ctx.attributes.get(BACKEND_STATUS)
-    if not isinstance(status, int) or not 200 <= status < 300 or response.status != 200:
-        return False
-    if response.is_stream:
-        # The result is still on its way; the backend accepted the request.
-        return True
-    try:
-        message = decode(response.body)
-    except msgspec.DecodeError:
-        return False
-    return isinstance(message, dict) and "result" in message
-
-
-def _negotiated_version(messages: list[dict[str, Any]], request_id: str) -> str | None:
-    for message in messages:
-        result = message.get("result")
-        if message.get("id") == request_id and isinstance(result, dict):
-            version = result.get("protocolVersion")
-            if isinstance(version, str):
-                return version
-    return None
