@@ -1,4 +1,4 @@
-"""Which protocol era a backend speaks, learned with one ``server/discover``."""
+"""The protocol era of each backend, learned with one ``server/discover``."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ GATEWAY_CLIENT_INFO = {"name": "okta-agent-proxy", "version": "0.1.0"}
 
 @dataclass(frozen=True, slots=True)
 class Discovery:
-    """What a 2026-07-28 backend said about itself in ``server/discover``.
+    """The description a 2026-07-28 backend returns from ``server/discover``.
 
     Attributes:
         capabilities: The server's capabilities.
@@ -65,9 +65,9 @@ class BackendEras:
     A backend configured with ``protocol: handshake`` or ``stateless`` is never
     probed. With ``auto``, :meth:`probe` sends ``server/discover`` at
     2026-07-28: a result that lists a 2026-07-28 version makes the backend
-    stateless, any other answer (an HTTP or JSON-RPC error) a handshake-era
-    backend. The verdict is kept for :data:`VERDICT_TTL` seconds, so a backend
-    that upgrades is noticed.
+    stateless, and any other response (an HTTP or JSON-RPC error) a
+    handshake-era backend. The verdict is kept for :data:`VERDICT_TTL`
+    seconds, so a backend that upgrades is noticed.
     """
 
     ttl: float = VERDICT_TTL
