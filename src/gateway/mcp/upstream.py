@@ -167,12 +167,13 @@ def relay_backend_error(
 
 
 def relayed_headers(upstream: httpx.Response, media_type: str) -> dict[str, str]:
-    """Return the backend's headers that reach the client with a JSON body."""
-    headers = {"content-type": upstream.headers.get("content-type", media_type)}
-    version = upstream.headers.get("mcp-protocol-version")
-    if version:
-        headers["mcp-protocol-version"] = version
-    return headers
+    """Return the backend's headers that reach the client with a JSON body.
+
+    Only ``Content-Type``. A backend's ``MCP-Protocol-Version`` names the
+    version of the gateway-to-backend hop, which differs from the client's
+    across an era bridge, so it stays behind.
+    """
+    return {"content-type": upstream.headers.get("content-type", media_type)}
 
 
 def media_type_of(upstream: httpx.Response) -> str:

@@ -74,8 +74,9 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
     so the backend reads the message the stages checked, even when the
     client's body repeats a key.
 
-    Of the backend's response only ``Content-Type`` and
-    ``MCP-Protocol-Version`` reach the client. Bodies are read decoded from
+    Of the backend's response only ``Content-Type`` reaches the client: its
+    ``MCP-Protocol-Version`` names the backend hop's version, which an era
+    bridge makes differ from the client's. Bodies are read decoded from
     their ``Content-Encoding``, so the client never gets compressed bytes.
     Event streams are relayed event by event as they arrive (see
     :class:`RelayStream`), with a keepalive comment after
@@ -291,12 +292,11 @@ class ForwardStage(BaseStage[RequestContext, GatewayResponse]):
             if relay.deadline_passed:
                 await cancel_upstream(ctx)
 
-        headers = dict(SSE_HEADERS)
-        version = upstream.headers.get("mcp-protocol-version")
-        if version:
-            headers["mcp-protocol-version"] = version
         return GatewayResponse(
-            status=200, headers=headers, stream=relay, on_close=[close_upstream]
+            status=200,
+            headers=dict(SSE_HEADERS),
+            stream=relay,
+            on_close=[close_upstream],
         )
 
     def _relay(

@@ -152,7 +152,7 @@ async def test_forward_initialize_sends_no_session_header() -> None:
 
 @pytest.mark.anyio
 async def test_forward_response_headers_allow_listed() -> None:
-    """Set-Cookie, CORS, HSTS, Location, Server and the session id stay behind."""
+    """Set-Cookie, CORS, HSTS, Location, Server, session id and version stay behind."""
     hostile = {
         "set-cookie": "x=1",
         "access-control-allow-origin": "*",
@@ -166,10 +166,8 @@ async def test_forward_response_headers_allow_listed() -> None:
     async with data_path(backend) as path:
         ctx = make_context(path.runtime, message=TOOLS_LIST)
         response = await forward(ctx)
-    assert response.headers == {
-        "content-type": "application/json",
-        "mcp-protocol-version": "2025-06-18",
-    }
+    # The backend's protocol version is the backend hop's, not the client's.
+    assert response.headers == {"content-type": "application/json"}
     assert ctx.attributes[BACKEND_SESSION_ID] == "b-secret"
     assert ctx.attributes[BACKEND_STATUS] == 200
 
