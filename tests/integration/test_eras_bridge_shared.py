@@ -299,3 +299,79 @@ async def test_bridge_rejects_initialize_from_stateless_client(
     assert response.json()["id"] == 3
     assert response.json()["error"]["code"] == -32601
     assert not any(m.get("method") == "initialize" for m in controls.messages())
+
+
+async def test_bridge_json_only_client_gets_json(
+    bridged: tuple[GatewayHarness, BackendControls, str],
+) -> None:
+    """A 2026-07-28 client accepting only JSON gets JSON from an SSE backend."""
+    gateway, controls, _ = bridged
+    controls.release.set()
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            gateway.mcp_url,
+            json=call("gated_count", {"n": 2}, "j"),
+            headers={**headers("gated_count"), "accept": "application/json"},
+        )
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["id"] == "j"
+    assert response.json()["result"]["content"][0]["text"].startswith("counted to 2")
+
+
+async def test_bridge_cancel_keeps_integer_and_string_ids_apart(
+    bridged: tuple[GatewayHarness, BackendControls, str],
+) -> None:
+    """Cancelling id 7 stops the call with id 7, not the one with id "7"."""
+    gateway, controls, _ = bridged
+    answers: dict[str, Any] = {}
+
+    async def run(request_id: Any, n: int) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                gateway.mcp_url,
+                json=call("gated_count", {"n": n}, request_id),
+                headers=headers("gated_count"),
+            )
+            answers[repr(request_id)] = answer_of(response)
+
+    def backend_id_of(n: int) -> Any:
+        for message in controls.messages():
+            params = message.get("params", {})
+            if params.get("arguments") == {"n": n}:
+                return message["id"]
+        return None
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, 7, 2)
+        group.start_soon(run, "7", 3)
+        with anyio.fail_after(5):
+            while backend_id_of(2) is None or backend_id_of(3) is None:
+                await anyio.sleep(0.01)
+        cancel = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": 7, "_meta": envelope()},
+        }
+        async with httpx.AsyncClient(timeout=10) as http:
+            posted = await http.post(
+                gateway.mcp_url,
+                json=cancel,
+                headers={
+                    **MCP_HEADERS,
+                    "mcp-protocol-version": VERSION,
+                    "mcp-method": "notifications/cancelled",
+                },
+            )
+        with anyio.fail_after(5):
+            while not any(
+                m.get("method") == "notifications/cancelled"
+                for m in controls.messages()
+            ):
+                await anyio.sleep(0.01)
+        controls.release.set()
+    assert posted.status_code == 202
+    [cancelled] = [
+        m for m in controls.messages() if m.get("method") == "notifications/cancelled"
+    ]
+    assert cancelled["params"]["requestId"] == backend_id_of(2)
+    assert answers["'7'"]["result"]["content"][0]["text"] == "counted to 3 (released)"

@@ -169,7 +169,8 @@ async def test_handshake_cancel_closes_stateless_backend_request(
         async with http.stream(
             "POST", gateway.mcp_url, json=call, headers=headers
         ) as response:
-            async for line in response.aiter_lines():
+            lines = response.aiter_lines()
+            async for line in lines:
                 if "notifications/progress" in line:
                     break
             cancelled = await http.post(
@@ -184,4 +185,55 @@ async def test_handshake_cancel_closes_stateless_backend_request(
             assert cancelled.status_code == 202
             with anyio.fail_after(5):
                 await controls.cancelled.wait()
+            # The client's stream ends cleanly, without a response.
+            rest = "".join([line async for line in lines])
+    assert '"result"' not in rest
     assert not controls.release.is_set()
+
+
+async def test_held_session_advertises_no_pushed_notifications(
+    terminated: tuple[GatewayHarness, BackendControls],
+) -> None:
+    """No listChanged or subscribe: nothing could deliver those notifications."""
+    gateway, _ = terminated
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            gateway.mcp_url,
+            json=initialize_body(version="2025-11-25"),
+            headers=MCP_HEADERS,
+        )
+        listed = await http.post(
+            gateway.mcp_url,
+            json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+            headers=session_headers(response.headers["mcp-session-id"]),
+        )
+    capabilities = answer_of(response)["result"]["capabilities"]
+    for name in ("tools", "prompts", "resources"):
+        assert "listChanged" not in capabilities.get(name, {})
+    assert "subscribe" not in capabilities.get("resources", {})
+    result = answer_of(listed)["result"]
+    assert "tools" in result
+    for field in ("resultType", "ttlMs", "cacheScope"):
+        assert field not in result
+    assert "io.modelcontextprotocol/serverInfo" not in result.get("_meta", {})
+
+
+async def test_held_session_json_only_client_gets_json(
+    terminated: tuple[GatewayHarness, BackendControls],
+) -> None:
+    """A client accepting only JSON gets one JSON body, also for a streamed tool."""
+    gateway, controls = terminated
+    controls.release.set()
+    call = {
+        "jsonrpc": "2.0",
+        "id": 9,
+        "method": "tools/call",
+        "params": {"name": "gated_count", "arguments": {"n": 2}},
+    }
+    async with httpx.AsyncClient(timeout=10) as http:
+        session_id = await open_session(http, gateway.mcp_url)
+        headers = {**session_headers(session_id), "accept": "application/json"}
+        response = await http.post(gateway.mcp_url, json=call, headers=headers)
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["id"] == 9
+    assert response.json()["result"]["content"][0]["text"].startswith("counted to 2")

@@ -278,3 +278,73 @@ async def test_stateless_unknown_method_relays_backend_error(
     assert response.status_code == 200
     assert response.json()["id"] == "m"
     assert response.json()["error"]["code"] == -32601
+
+
+async def test_handshake_client_of_dual_era_backend_stays_pass_through(
+    dual_era: tuple[GatewayHarness, BackendControls],
+) -> None:
+    """After a 2026-07-28 probe, handshake clients still get the backend's session."""
+    gateway, controls = dual_era
+    async with Client(gateway.mcp_url, mode=FORCED_STATELESS) as client:
+        await client.list_tools()
+    async with Client(gateway.mcp_url, mode="legacy") as client:
+        assert client.protocol_version == "2025-11-25"
+        await client.list_tools()
+    assert any(m.get("method") == "initialize" for m in controls.messages())
+    assert controls.issued_session_ids
+
+
+async def test_stateless_posted_response_gets_400(
+    dual_era: tuple[GatewayHarness, BackendControls],
+) -> None:
+    """A 2026-07-28 client posting a JSON-RPC response gets 400 with -32600."""
+    gateway, controls = dual_era
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            gateway.mcp_url,
+            json={"jsonrpc": "2.0", "id": 1, "result": {}},
+            headers={**MCP_HEADERS, "mcp-protocol-version": VERSION},
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32600
+    assert controls.requests == []
+
+
+async def test_stateless_envelope_with_non_object_capabilities_gets_400(
+    dual_era: tuple[GatewayHarness, BackendControls],
+) -> None:
+    """clientCapabilities that is not an object gets 400 with -32602."""
+    gateway, _ = dual_era
+    body = call_body("echo", {"text": "x"})
+    body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = "x"
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            gateway.mcp_url, json=body, headers=stateless_headers("tools/call", "echo")
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == -32602
+
+
+async def test_oversized_initialize_gets_400() -> None:
+    """An initialize over 64 KiB is refused: its params live as long as the session."""
+    controls = BackendControls()
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "x" * 70_000, "version": "0"},
+        },
+    }
+    async with (
+        running_backend(controls) as url,
+        running_gateway(url, max_body_bytes=1024 * 1024) as gateway,
+        httpx.AsyncClient() as http,
+    ):
+        response = await http.post(gateway.mcp_url, json=body, headers=MCP_HEADERS)
+    assert response.status_code == 400
+    assert response.json()["id"] == 1
+    assert response.json()["error"]["data"]["reason"] == "initialize_too_large"
+    assert controls.requests == []

@@ -275,6 +275,28 @@ async def test_transport_http_foreign_origin_403() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://evil.test@localhost:6274",
+        "http://localhost:6274/path",
+        "http://localhost:6274#x",
+        "null",
+    ],
+)
+async def test_malformed_loopback_lookalike_origin_403(origin: str) -> None:
+    """An Origin with user info, a path or a fragment is not loopback: 403."""
+    async with stack() as (gateway, client):
+        response = await client.post(
+            gateway.mcp_url,
+            json=initialize_body(),
+            headers={**MCP_HEADERS, "origin": origin},
+        )
+    assert response.status_code == 403
+    assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.anyio
 async def test_transport_http_preflight_answered_without_auth() -> None:
     """A preflight from an allowed origin gets 204 with the MCP CORS headers."""
     async with stack() as (gateway, client):

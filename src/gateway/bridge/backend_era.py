@@ -60,35 +60,60 @@ class Discovery:
 
 @dataclass(slots=True)
 class BackendEras:
-    """The era of each backend, as configured or as last probed (per process).
+    """What each backend is known to serve, as configured or learned (per process).
 
-    A backend configured with ``protocol: handshake`` or ``stateless`` is never
-    probed. With ``auto``, :meth:`probe` sends ``server/discover`` at
-    2026-07-28: a result that lists a 2026-07-28 version makes the backend
-    stateless, and any other response (an HTTP or JSON-RPC error) a
-    handshake-era backend. The verdict is kept for :data:`VERDICT_TTL`
-    seconds, so a backend that upgrades is noticed.
+    Two facts are kept apart, because a backend may serve both eras:
+
+    - whether it serves 2026-07-28, which a 2026-07-28 client needs to know.
+      With ``protocol: auto``, :meth:`probe` sends ``server/discover`` at
+      2026-07-28: a result listing a 2026-07-28 version means yes, and any
+      other response (an HTTP or JSON-RPC error) no.
+    - whether it refuses the ``initialize`` handshake, which a handshake-era
+      client needs to know. Only a refused ``initialize`` (-32022 naming no
+      handshake revision) teaches that, through :meth:`record_refusal`.
+
+    ``protocol: stateless`` means yes to both and ``handshake`` no to both.
+    Learned facts are kept for :data:`VERDICT_TTL` seconds, so a backend
+    that upgrades is noticed.
     """
 
     ttl: float = VERDICT_TTL
-    _verdicts: dict[str, tuple[Era, float]] = field(default_factory=dict)
+    _serves_stateless: dict[str, tuple[bool, float]] = field(default_factory=dict)
+    _refuses_handshake: dict[str, float] = field(default_factory=dict)
 
-    def known(self, ctx: RequestContext) -> Era | None:
-        """Return the backend's era when configured or recently probed."""
+    def serves_stateless(self, ctx: RequestContext) -> bool | None:
+        """Return whether the backend serves 2026-07-28, or None when unknown."""
         configured = ctx.backend.protocol
         if configured != "auto":
-            return "stateless" if configured == "stateless" else "handshake"
-        verdict = self._verdicts.get(ctx.backend_name)
+            return configured == "stateless"
+        verdict = self._serves_stateless.get(ctx.backend_name)
         if verdict is None or verdict[1] < time.monotonic():
             return None
         return verdict[0]
 
-    def record(self, backend: str, era: Era) -> None:
-        """Remember ``era`` for ``backend`` for :attr:`ttl` seconds."""
-        previous = self._verdicts.get(backend)
-        if previous is None or previous[0] != era:
+    def refuses_handshake(self, ctx: RequestContext) -> bool:
+        """Return whether the backend is known to refuse ``initialize``."""
+        configured = ctx.backend.protocol
+        if configured != "auto":
+            return configured == "stateless"
+        until = self._refuses_handshake.get(ctx.backend_name)
+        return until is not None and until >= time.monotonic()
+
+    def record_refusal(self, backend: str) -> None:
+        """Remember that ``backend`` refused ``initialize``: 2026-07-28 only."""
+        if backend not in self._refuses_handshake:
+            log.info("backend.era_detected", backend=backend, era="stateless-only")
+        self._refuses_handshake[backend] = time.monotonic() + self.ttl
+
+    def _record_probe(self, backend: str, serves_stateless: bool) -> None:
+        previous = self._serves_stateless.get(backend)
+        if previous is None or previous[0] != serves_stateless:
+            era: Era = "stateless" if serves_stateless else "handshake"
             log.info("backend.era_detected", backend=backend, era=era)
-        self._verdicts[backend] = (era, time.monotonic() + self.ttl)
+        self._serves_stateless[backend] = (
+            serves_stateless,
+            time.monotonic() + self.ttl,
+        )
 
     async def probe(
         self,
@@ -96,7 +121,7 @@ class BackendEras:
         call_next: Next[RequestContext, GatewayResponse],
         envelope: Envelope | None = None,
     ) -> tuple[Era | None, Discovery | None]:
-        """Send ``server/discover`` through the rest of the chain and record the era.
+        """Send ``server/discover`` through the rest of the chain and record the result.
 
         Args:
             ctx: The client's request, whose credentials the probe uses.
@@ -104,8 +129,9 @@ class BackendEras:
             envelope: The client's envelope; the gateway's own otherwise.
 
         Returns:
-            The era (None when the backend could not be reached, which is not
-            recorded) and, for a stateless backend, what it discovered.
+            ``stateless`` when the backend serves 2026-07-28, ``handshake``
+            when it does not, None when it could not be reached (not
+            recorded); and for ``stateless``, what it discovered.
         """
         sent = envelope or Envelope(
             protocol_version=LATEST_STATELESS_VERSION,
@@ -136,7 +162,7 @@ class BackendEras:
             and isinstance(versions, list)
             and any(v in STATELESS_VERSIONS for v in versions)
         ):
-            self.record(ctx.backend_name, "stateless")
+            self._record_probe(ctx.backend_name, True)
             return "stateless", Discovery.from_result(result)
-        self.record(ctx.backend_name, "handshake")
+        self._record_probe(ctx.backend_name, False)
         return "handshake", None

@@ -30,14 +30,15 @@ def derived_context(
 
     The derived request keeps the facts of the client's request, so the
     forward stage sends the same credentials, and gets its own
-    ``backend_session`` fact. Only ``Content-Type``, the protocol version and
+    ``backend_session`` fact. Only ``Content-Type``, the protocol version,
+    the client's ``Accept`` (so a client that takes only JSON gets JSON) and
     the trace context are set as client headers.
     """
     body = encode(message)
     headers = {"content-type": "application/json"}
     if protocol_version is not None:
         headers[VERSION_HEADER] = protocol_version
-    for name in ("traceparent", "tracestate"):
+    for name in ("accept", "traceparent", "tracestate"):
         value = ctx.headers.get(name)
         if value is not None:
             headers[name] = value

@@ -96,7 +96,8 @@ class SharedSessionBridge:
         self._sessions = TypedStore(store, NAMESPACE, SharedSession)
         self._ttl = ttl
         self._locks: dict[str, anyio.Lock] = {}
-        # (shared session key, client request id as text) -> backend-side id.
+        # (shared session key, client request id as JSON) -> backend-side id.
+        # JSON keeps 7 and "7" apart.
         self._in_flight: dict[tuple[str, str], str] = {}
 
     async def handle(
@@ -190,7 +191,7 @@ class SharedSessionBridge:
 
         relay = response.stream
         response = transform_messages(response, restore)
-        flight = (key, str(client_id))
+        flight = (key, id_key(client_id))
         self._in_flight[flight] = backend_id
         if response.stream is None:
             self._in_flight.pop(flight, None)
@@ -294,7 +295,7 @@ class SharedSessionBridge:
         key: str,
         params: dict[str, Any],
     ) -> None:
-        backend_id = self._in_flight.get((key, str(params.get("requestId"))))
+        backend_id = self._in_flight.get((key, id_key(params.get("requestId"))))
         session = await self._sessions.get(key)
         if backend_id is None or session is None:
             return
@@ -343,6 +344,11 @@ class SharedSessionBridge:
             request_id=ctx.request_id,
             backend=ctx.backend_name,
         )
+
+
+def id_key(request_id: Any) -> str:
+    """Return a JSON-RPC id as text that keeps its type: 7 and "7" differ."""
+    return encode(request_id).decode()
 
 
 def _key(ctx: RequestContext) -> str:

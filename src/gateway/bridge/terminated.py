@@ -16,18 +16,21 @@ import structlog
 
 from gateway.bridge.backend_era import Discovery
 from gateway.bridge.derived import derived_context
+from gateway.bridge.shared import id_key
 from gateway.context import RequestContext
 from gateway.mcp.eras import (
     HANDSHAKE_VERSIONS,
     LATEST_HANDSHAKE_VERSION,
     LATEST_STATELESS_VERSION,
     Envelope,
+    as_handshake_result,
     with_envelope,
+    without_pushed_capabilities,
 )
 from gateway.mcp.headers import JSON
 from gateway.mcp.jsonrpc import encode
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
-from gateway.mcp.sse import aclose_stream
+from gateway.mcp.sse import aclose_stream, transform_messages
 from gateway.sessions import SessionRecord
 from gateway.stages.forward import BACKEND_SESSION_ID, BACKEND_STATUS
 from pipeline import Next
@@ -49,7 +52,7 @@ def initialize_result(
     version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE_VERSION
     result: dict[str, Any] = {
         "protocolVersion": version,
-        "capabilities": discovery.capabilities,
+        "capabilities": without_pushed_capabilities(discovery.capabilities),
         "serverInfo": discovery.server_info or {"name": backend_name, "version": ""},
     }
     if discovery.instructions is not None:
@@ -82,7 +85,7 @@ class TerminatedSessions:
     """
 
     def __init__(self) -> None:
-        # (gateway session id, request id as text) -> the open response stream.
+        # (gateway session id, request id as JSON) -> the open response stream.
         self._streams: dict[tuple[str, str], AsyncIterator[bytes]] = {}
 
     async def handle(
@@ -131,10 +134,12 @@ class TerminatedSessions:
         for name in (BACKEND_STATUS, BACKEND_SESSION_ID):
             ctx.attributes.pop(name, None)
         ctx.attributes.update(sent.attributes)
-        stream = response.stream
+        relay = response.stream
+        response = transform_messages(response, _handshake_message)
+        stream = relay
         if stream is None:
             return response
-        key = (record.gateway_session_id, str(message.id))
+        key = (record.gateway_session_id, id_key(message.id))
         self._streams[key] = stream
 
         async def forget(_outcome: StreamOutcome) -> None:
@@ -145,11 +150,20 @@ class TerminatedSessions:
         return response
 
     async def _cancel(self, record: SessionRecord, request_id: Any) -> None:
-        stream = self._streams.pop((record.gateway_session_id, str(request_id)), None)
+        stream = self._streams.pop(
+            (record.gateway_session_id, id_key(request_id)), None
+        )
         if stream is None:
             return
         await aclose_stream(stream)
         log.info("bridge.request_cancelled", backend=record.backend)
+
+
+def _handshake_message(message: dict[str, Any]) -> dict[str, Any] | None:
+    result = message.get("result")
+    if "method" in message or not isinstance(result, dict):
+        return None
+    return {**message, "result": as_handshake_result(result)}
 
 
 def initialize_response(

@@ -51,6 +51,8 @@ from gateway.runtime import Runtime
 
 _tracer = trace.get_tracer("gateway.mcp")
 
+MAX_INITIALIZE_BYTES = 64 * 1024
+"""Largest ``initialize`` body: its params are stored for the session's life."""
 ALLOW = ", ".join(MCP_METHODS)
 
 
@@ -246,6 +248,31 @@ class McpEndpoint:
                     id=exc.id,
                 )
             _describe_message(exchange.span, exchange.message)
+            if stateless and exchange.message.kind == "response":
+                detail = (
+                    "Invalid Request: a 2026-07-28 client sends no responses, "
+                    "because the server sends it no requests"
+                )
+                return await reject(
+                    self.runtime, exchange, 400, "invalid_request", detail
+                )
+            if (
+                exchange.message.method == "initialize"
+                and len(body) > MAX_INITIALIZE_BYTES
+            ):
+                detail = (
+                    f"Invalid Request: initialize of {len(body)} bytes; the gateway "
+                    f"keeps its params for the session, so at most "
+                    f"{MAX_INITIALIZE_BYTES} bytes are accepted"
+                )
+                return await reject(
+                    self.runtime,
+                    exchange,
+                    400,
+                    "initialize_too_large",
+                    detail,
+                    id=exchange.message.id,
+                )
             if stateless and exchange.message.kind == "request":
                 try:
                     envelope = read_envelope(

@@ -173,7 +173,8 @@ def read_envelope(
     """Check a 2026-07-28 request's envelope against its headers and return it.
 
     The checks run in the order the revision gives, and the first failure is
-    raised: the envelope keys are present (-32602), ``MCP-Protocol-Version``,
+    raised: the envelope keys are present, the capabilities and the client
+    info are objects (-32602), ``MCP-Protocol-Version``,
     ``Mcp-Method`` and, for the methods in :data:`NAME_PARAMS`, ``Mcp-Name``
     equal the body (-32020), and the version is served (-32022).
 
@@ -198,6 +199,17 @@ def read_envelope(
             f"Invalid params: params._meta lacks {', '.join(missing)}",
         )
     version = meta[PROTOCOL_VERSION_KEY]
+    capabilities = meta[CLIENT_CAPABILITIES_KEY]
+    info = meta.get(CLIENT_INFO_KEY)
+    if not isinstance(capabilities, Mapping) or not (
+        info is None or isinstance(info, Mapping)
+    ):
+        raise EnvelopeError(
+            INVALID_PARAMS,
+            "missing_envelope",
+            f"Invalid params: {CLIENT_CAPABILITIES_KEY!r} and "
+            f"{CLIENT_INFO_KEY!r} in params._meta must be objects",
+        )
     if headers.get(VERSION_HEADER) != version:
         raise _mismatch("MCP-Protocol-Version", "the envelope's protocol version")
     if headers.get(METHOD_HEADER) != method:
@@ -216,9 +228,7 @@ def read_envelope(
             {"supported": list(SUPPORTED_VERSIONS), "requested": version},
         )
     return Envelope(
-        protocol_version=version,
-        client_capabilities=meta[CLIENT_CAPABILITIES_KEY],
-        client_info=meta.get(CLIENT_INFO_KEY),
+        protocol_version=version, client_capabilities=capabilities, client_info=info
     )
 
 
@@ -281,4 +291,43 @@ def as_stateless_result(method: str | None, result: dict[str, Any]) -> dict[str,
     if method in CACHEABLE_METHODS:
         fixed.setdefault("ttlMs", 0)
         fixed.setdefault("cacheScope", "private")
+    return fixed
+
+
+STATELESS_RESULT_FIELDS: Final = ("resultType", "ttlMs", "cacheScope")
+"""Result fields that only 2026-07-28 defines."""
+PUSHED_CAPABILITIES: Final = ("listChanged", "subscribe")
+"""Capability flags that promise notifications a 2026-07-28 server pushes only
+on a ``subscriptions/listen`` stream."""
+
+
+def as_handshake_result(result: dict[str, Any]) -> dict[str, Any]:
+    """Return a 2026-07-28 result without the fields handshake clients lack.
+
+    Removes :data:`STATELESS_RESULT_FIELDS` and the ``serverInfo`` stamp in
+    ``_meta`` (an emptied ``_meta`` is removed too).
+    """
+    fixed = {k: v for k, v in result.items() if k not in STATELESS_RESULT_FIELDS}
+    meta = fixed.get("_meta")
+    if isinstance(meta, Mapping) and SERVER_INFO_KEY in meta:
+        rest = {k: v for k, v in meta.items() if k != SERVER_INFO_KEY}
+        if rest:
+            fixed["_meta"] = rest
+        else:
+            del fixed["_meta"]
+    return fixed
+
+
+def without_pushed_capabilities(capabilities: Mapping[str, Any]) -> dict[str, Any]:
+    """Return server capabilities without the flags of pushed notifications.
+
+    A handshake-era client of a 2026-07-28 backend has no stream on which
+    the gateway could deliver ``list_changed`` or resource updates, so the
+    gateway must not advertise them.
+    """
+    fixed: dict[str, Any] = {}
+    for name, value in capabilities.items():
+        if isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if k not in PUSHED_CAPABILITIES}
+        fixed[name] = value
     return fixed

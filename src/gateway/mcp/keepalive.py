@@ -41,7 +41,8 @@ class TimedReader:
         less returns a chunk only if it has already arrived.
 
         Raises:
-            StopAsyncIteration: The iterator is exhausted, or the reader closed.
+            StopAsyncIteration: The iterator is exhausted, or the reader was
+                closed, also by another task during the wait.
             Exception: Whatever the iterator raised.
         """
         if self._closed:
@@ -58,6 +59,9 @@ class TimedReader:
             await asyncio.wait({task})
         else:
             await asyncio.wait({task}, timeout=max(timeout, 0.0))
+        if self._closed:
+            # Closed by another task meanwhile, which cancelled the read.
+            raise StopAsyncIteration
         if not task.done():
             return None
         self._pending = None

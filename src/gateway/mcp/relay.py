@@ -122,6 +122,10 @@ class RelayStream:
             try:
                 chunk = await self._reader.read(self._wait_time(now))
             except StopAsyncIteration:
+                if self._closed:
+                    # Closed on purpose, such as a cancelled request: the
+                    # client's stream ends without a response.
+                    raise
                 await self.aclose()
                 detail = "the event stream ended without the response"
                 fallback = await self._fail("backend_invalid_response", detail, None)

@@ -47,14 +47,23 @@ def is_origin_allowed(
 ) -> bool:
     """Return whether a browser ``Origin`` may call the gateway.
 
-    ``null`` and malformed origins are never allowed.
+    ``null`` and malformed origins (with user info, a path, a query or a
+    fragment) are never allowed.
     """
     try:
         parts = urlsplit(origin)
         parts.port  # noqa: B018 - raises ValueError on an invalid port
     except ValueError:
         return False
-    if parts.scheme not in ("http", "https") or parts.path or parts.query:
+    if (
+        parts.scheme not in ("http", "https")
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        # An origin is scheme, host and port only (RFC 6454); user info
+        # such as http://evil.test@localhost would otherwise pass as loopback.
         return False
     if is_loopback_host(parts.hostname):
         return True

@@ -95,7 +95,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         if ctx.era == "stateless":
             return await self._stateless(ctx, call_next)
         if ctx.http_method == "POST" and ctx.mcp_method == "initialize":
-            if self._eras.known(ctx) == "stateless":
+            if self._eras.refuses_handshake(ctx):
                 return await self._initialize_terminated(ctx, call_next, None)
             return await self._initialize(ctx, call_next, principal, agent)
 
@@ -162,12 +162,13 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
                 protocol_version=ctx.protocol_version,
             ),
         )
-        era = self._eras.known(ctx)
-        if era is None:
+        serves = self._eras.serves_stateless(ctx)
+        if serves is None:
             era, _ = await self._eras.probe(ctx, call_next, ctx.envelope)
             if era is None:
                 return failure_response(ctx, "backend_unavailable")
-        if era == "stateless":
+            serves = era == "stateless"
+        if serves:
             return await call_next(ctx)
         if self._shared is None:
             self._shared = SharedSessionBridge(
@@ -187,14 +188,11 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         assert message is not None
         params = message.params
         if discovery is None:
-            era, discovery = await self._eras.probe(
+            _, discovery = await self._eras.probe(
                 ctx, call_next, client_envelope(params)
             )
-            if era == "handshake":
-                return await self._initialize(
-                    ctx, call_next, ctx.fact(PRINCIPAL), ctx.fact(AGENT)
-                )
             if discovery is None:
+                # It refused initialize, yet does not serve 2026-07-28 either.
                 return failure_response(ctx, "backend_unavailable")
         principal: Principal = ctx.fact(PRINCIPAL)
         agent: AgentIdentity = ctx.fact(AGENT)
@@ -270,7 +268,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         if refuses_handshake(response):
             # The backend serves 2026-07-28 only: hold the session here.
             await finish_unsent(response, "discarded: the backend speaks 2026-07-28")
-            self._eras.record(ctx.backend_name, "stateless")
+            self._eras.record_refusal(ctx.backend_name)
             return await self._initialize_terminated(ctx, call_next, None)
         if not initialize_accepted(ctx, response):
             return response
