@@ -160,7 +160,12 @@ def _run(path: Path) -> int:
         async with open_gateway(config) as gateway, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             log.info("gateway.listening", address=f"{host}:{port}")
-            await serve_app(gateway.asgi, sock=sock, log_level="warning")
+            await serve_app(
+                gateway.asgi,
+                sock=sock,
+                log_level="warning",
+                header_timeout=config.server.header_timeout,
+            )
 
     try:
         anyio.run(serve, backend_options=_BACKEND_OPTIONS)

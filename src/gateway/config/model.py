@@ -41,6 +41,9 @@ class ServerConfig(_Config, frozen=True):
     """Largest total size of request headers; larger gets 431."""
     body_timeout: PositiveSeconds = 30.0
     """Seconds allowed for receiving a whole request body; slower gets 408."""
+    header_timeout: PositiveSeconds = 10.0
+    """Seconds a client may take to send a request line and headers; the
+    connection of a slower client is closed."""
     max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
     """Largest JSON-RPC message from a backend (a JSON body or one SSE event);
     larger fails the request it answers with ``backend_message_too_large``."""

@@ -146,7 +146,13 @@ async def run_demo(
             run_app(apps["partners"], sock=sockets["partners"])
         )
         gateway = await stack.enter_async_context(open_gateway(config))
-        await stack.enter_async_context(run_app(gateway.asgi, sock=sockets["gateway"]))
+        await stack.enter_async_context(
+            run_app(
+                gateway.asgi,
+                sock=sockets["gateway"],
+                header_timeout=config.server.header_timeout,
+            )
+        )
         yield DemoStack(
             gateway=gateway,
             config=config,

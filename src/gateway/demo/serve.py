@@ -22,6 +22,8 @@ from typing import Any, Literal
 import anyio
 import uvicorn
 
+from gateway.http_protocol import with_header_timeout
+
 __all__ = ["RunningApp", "bind_socket", "run_app", "serve_app"]
 
 ASGIApplication = Callable[[Any, Any, Any], Awaitable[None]]
@@ -80,6 +82,7 @@ async def serve_app(
     log_level: LogLevel = "warning",
     access_log: bool = False,
     shutdown_timeout: float = 3.0,
+    header_timeout: float | None = None,
 ) -> None:
     """Serve ``app`` over HTTP until cancelled, then shut down gracefully.
 
@@ -93,6 +96,8 @@ async def serve_app(
         access_log: Whether uvicorn logs one line per request.
         shutdown_timeout: Seconds to wait for open connections at shutdown
             before cancelling them.
+        header_timeout: Seconds a client may take to send a request's
+            headers before its connection is closed; None sets no limit.
 
     Raises:
         RuntimeError: The application's lifespan startup failed.
@@ -108,6 +113,7 @@ async def serve_app(
         lifespan="on",
         ws="none",
         timeout_graceful_shutdown=max(1, round(shutdown_timeout)),
+        http=with_header_timeout(header_timeout) if header_timeout else "auto",
     )
     server = _EmbeddedServer(config, ready)
     try:
@@ -149,6 +155,7 @@ async def run_app(
     sock: socket.socket | None = None,
     log_level: LogLevel = "warning",
     shutdown_timeout: float = 3.0,
+    header_timeout: float | None = None,
 ) -> AsyncIterator[RunningApp]:
     """Serve ``app`` in the background while the context is open.
 
@@ -164,6 +171,7 @@ async def run_app(
         sock: An already bound socket, which the server takes over.
         log_level: Level of uvicorn's own loggers.
         shutdown_timeout: See :func:`serve_app`.
+        header_timeout: See :func:`serve_app`.
     """
     if sock is None:
         sock = bind_socket(host, port)
@@ -177,6 +185,7 @@ async def run_app(
             ready=ready,
             log_level=log_level,
             shutdown_timeout=shutdown_timeout,
+            header_timeout=header_timeout,
         )
 
     try:
