@@ -32,6 +32,8 @@ lint:
     {{bin}}ruff check src tests examples bench
     {{bin}}mypy
 
-# Run the benchmarks under bench/.
-bench *args:
-    {{bin}}python bench/forward_overhead.py {{args}}
+# Run the benchmarks under bench/: forward overhead, then streaming in both eras.
+bench:
+    {{bin}}python bench/forward_overhead.py
+    {{bin}}python bench/streaming.py --protocol 2025-11-25
+    {{bin}}python bench/streaming.py --protocol 2026-07-28
