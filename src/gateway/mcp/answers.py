@@ -14,13 +14,20 @@ if TYPE_CHECKING:
     from gateway.context import RequestContext
 
 
+LISTEN_METHOD = "subscriptions/listen"
+"""The 2026-07-28 request whose response is a stream meant to stay open."""
+
+
 def request_deadline(ctx: RequestContext) -> float | None:
     """Return when a POST must be answered (``time.perf_counter()``), if ever.
 
     The backend's ``deadline`` counts from the request's arrival at the
-    gateway. GET streams and DELETE have none.
+    gateway. GET streams, DELETE and 2026-07-28 ``subscriptions/listen``
+    (the stateless revision's notification stream) have none.
     """
     if ctx.backend.deadline is None or ctx.http_method != "POST":
+        return None
+    if ctx.mcp_method == LISTEN_METHOD:
         return None
     return ctx.started + ctx.backend.deadline
 
