@@ -192,7 +192,9 @@ def _subscribe(runtime: Runtime, config: GatewayConfig) -> None:
         elif isinstance(sink_config, StdoutSinkConfig):
             sink = StdoutSink()
         runtime.bus.subscribe_durable(name, sink, journal)
-    runtime.bus.subscribe("log.requests", _log_request)
+    # Only ResponseCompleted makes the log line, so the other five events of
+    # a request do not wake the subscriber's task.
+    runtime.bus.subscribe("log.requests", _log_request, accepts=(ResponseCompleted,))
 
 
 async def _log_request(event: Event) -> None:

@@ -43,6 +43,7 @@ class Journal:
         self._changed = anyio.Event()
         self._space = anyio.Event()
         self._file = self._open()
+        self._offset_file = self._open_offset()
 
     @property
     def pending(self) -> int:
@@ -64,6 +65,29 @@ class Journal:
                     if line.endswith(b"\n"):
                         self._pending.append((offset, line[:-1]))
         return self.path.open("ab")
+
+    def _open_offset(self) -> BinaryIO:
+        # Kept open and rewritten in place by _write_offset. Not in append
+        # mode, where Linux would make pwrite append.
+        fd = os.open(self._offset_path, os.O_RDWR | os.O_CREAT, 0o666)
+        handle = open(fd, "r+b", buffering=0)  # noqa: SIM115 - closed in close()
+        self._offset_length = os.fstat(fd).st_size
+        return handle
+
+    def _write_offset(self, end: int) -> None:
+        # Rewriting the side file in place takes one system call.
+        # Path.write_text opened it with O_TRUNC per batch, which cost about
+        # 0.14 ms of CPU on ext4 (closing a truncated file starts writeback)
+        # and was the largest single cost of audit delivery. Offsets only
+        # grow, so the new text covers the old one. After a compaction the
+        # text gets shorter, so the file is emptied first. A crash in between
+        # leaves it empty, which reads as offset 0.
+        data = str(end).encode("ascii")
+        fd = self._offset_file.fileno()
+        if len(data) < self._offset_length:
+            os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        self._offset_length = len(data)
 
     async def append(self, data: bytes) -> None:
         """Write one entry; wait while the journal is full.
@@ -98,7 +122,7 @@ class Journal:
         end = 0
         for _ in range(min(count, len(self._pending))):
             end, _data = self._pending.popleft()
-        self._offset_path.write_text(str(end))
+        self._write_offset(end)
         if not self._pending and end >= self.compact_bytes:
             self._compact()
         self._space.set()
@@ -107,9 +131,10 @@ class Journal:
         # Everything is delivered, so the file can start over from empty.
         self._file.close()
         self.path.write_bytes(b"")
-        self._offset_path.write_text("0")
+        self._write_offset(0)
         self._file = self.path.open("ab")
 
     def close(self) -> None:
-        """Close the journal file."""
+        """Close the journal file and its offset file."""
         self._file.close()
+        self._offset_file.close()
