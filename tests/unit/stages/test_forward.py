@@ -12,6 +12,8 @@ from typing import Any
 
 import anyio
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 
 from gateway.context import RequestContext
 from gateway.events import BackendFailed
@@ -114,7 +116,14 @@ async def test_forward_post_headers_built_from_scratch() -> None:
                 gateway_session_id="gateway-session", backend_session_id="b-1"
             ),
         )
-        response = await forward(ctx)
+        # The endpoint runs the chain under the client's trace context; doing
+        # the same keeps the result independent of any tracer provider that
+        # an earlier test installed globally.
+        token = otel_context.attach(propagate.extract({"traceparent": TRACEPARENT}))
+        try:
+            response = await forward(ctx)
+        finally:
+            otel_context.detach(token)
 
     sent = backend.received[0]
     assert json.loads(sent.body) == json.loads(raw)
