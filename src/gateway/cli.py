@@ -12,6 +12,7 @@ import anyio
 import structlog
 
 from gateway.config import GatewayConfig, load_config
+from gateway.config.okta_checks import okta_warnings, read_raw_config
 from gateway.errors import ConfigError
 from gateway.telemetry import configure_logging, configure_tracing
 
@@ -128,6 +129,8 @@ def _check(path: Path) -> int:
             print(line)
     for warning in warnings:
         print(f"warning: {warning}")
+    for okta_warning in okta_warnings(config, read_raw_config(path)):
+        print(f"warning: {okta_warning}")
     return 0
 
 
@@ -145,6 +148,13 @@ def _run(path: Path) -> int:
     except ConfigError as exc:
         _print_problems(path, exc.problems)
         return 1
+    for warning in okta_warnings(config, read_raw_config(path)):
+        log.warning(
+            "config.warning",
+            code=warning.code,
+            key=warning.path,
+            detail=warning.message,
+        )
     host, port = config.server.host, config.server.port
     try:
         sock = bind_socket(host, port)
