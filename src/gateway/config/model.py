@@ -22,8 +22,28 @@ DEFAULT_PIPELINE = [
 ]
 
 
+ClientAuthMethod = Literal[
+    "client_secret_basic", "client_secret_post", "private_key_jwt"
+]
+"""How the gateway authenticates at a token endpoint (RFC 7591 names)."""
+AssertionAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"
+]
+"""Signature algorithms of ``private_key_jwt`` client assertions."""
+
+
 class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
+
+
+def _check_client_auth(section: str, method: str, config: Any) -> None:
+    """Require ``private_key_file`` when ``private_key_jwt`` is chosen."""
+    if method == "private_key_jwt" and not config.private_key_file:
+        msg = (
+            f"{section}.private_key_file is required when "
+            "token_endpoint_auth_method is private_key_jwt"
+        )
+        raise ValueError(msg)
 
 
 class ServerConfig(_Config, frozen=True):
@@ -65,14 +85,26 @@ class UpstreamConfig(_Config, frozen=True):
     """The gateway's confidential OIDC client at the IdP."""
     client_secret: str = ""
     """The client secret, usually ``${ENV_VAR}``."""
-    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
-        "client_secret_basic"
-    )
+    token_endpoint_auth_method: ClientAuthMethod = "client_secret_basic"
     """The client authentication method at the IdP token endpoint."""
+    private_key_file: str = ""
+    """For ``private_key_jwt``: a JSON file with the private JWK that signs
+    client assertions (absolute, or relative to the working directory)."""
+    private_key_id: str = ""
+    """For ``private_key_jwt``: the ``kid`` sent, which names the public key
+    registered at the IdP; the JWK's own ``kid`` when empty."""
+    private_key_algorithm: AssertionAlgorithm = "RS256"
+    """For ``private_key_jwt``: the signature algorithm of client assertions."""
     scopes: list[str] = msgspec.field(
         default_factory=lambda: ["openid", "profile", "email", "offline_access"]
     )
     """Scopes requested at sign-in; ``offline_access`` yields a refresh token."""
+    leeway: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
+    """Seconds of clock skew tolerated on the ID token's ``exp``, ``nbf`` and
+    ``iat``, from 0 to 300."""
+
+    def __post_init__(self) -> None:
+        _check_client_auth("upstream", self.token_endpoint_auth_method, self)
 
 
 class SigningConfig(_Config, frozen=True):
@@ -114,6 +146,17 @@ class RateLimitsConfig(_Config, frozen=True):
     """Proxy addresses or CIDR networks whose ``X-Forwarded-For`` is believed."""
 
 
+class ClientMetadataConfig(_Config, frozen=True):
+    """Client ID Metadata Documents: a ``client_id`` that is an https URL."""
+
+    enabled: bool = True
+    """Whether a ``client_id`` that is an https URL is resolved by fetching it."""
+    allow_loopback: bool = False
+    """Development only: also fetch documents from loopback addresses, over http
+    or https. Every other private, link-local or reserved address is always
+    refused."""
+
+
 class OAuthConfig(_Config, frozen=True):
     """Limits of the OAuth front door: request rates and registration lifetime."""
 
@@ -121,6 +164,13 @@ class OAuthConfig(_Config, frozen=True):
     """Seconds a dynamically registered client lives without being used."""
     rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
     """Request rate limits of the OAuth endpoints."""
+    client_metadata: ClientMetadataConfig = msgspec.field(
+        default_factory=ClientMetadataConfig
+    )
+    """Client ID Metadata Document resolution."""
+    pre_approved_clients: list[str] = msgspec.field(default_factory=list)
+    """Client ids (registered ids or metadata document URLs) whose users skip
+    the consent page."""
 
 
 class ToolRules(_Config, frozen=True):
@@ -196,14 +246,22 @@ class IdJagAuth(_Config, frozen=True, tag="id-jag", tag_field="kind"):
     """The gateway's client id at the backend authorization server."""
     client_secret: str = ""
     """Its secret, usually ``${ENV_VAR}``."""
-    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post"] = (
-        "client_secret_basic"
-    )
+    token_endpoint_auth_method: ClientAuthMethod = "client_secret_basic"
     """The client authentication method at the backend authorization server."""
+    private_key_file: str = ""
+    """For ``private_key_jwt``: a JSON file with the private JWK that signs
+    client assertions (absolute, or relative to the working directory)."""
+    private_key_id: str = ""
+    """For ``private_key_jwt``: the ``kid`` sent; the JWK's own ``kid`` when empty."""
+    private_key_algorithm: AssertionAlgorithm = "RS256"
+    """For ``private_key_jwt``: the signature algorithm of client assertions."""
     scopes: list[str] = msgspec.field(default_factory=list)
     """Scopes requested for the backend token."""
     refresh_before: Annotated[int, msgspec.Meta(ge=0)] = 60
     """Seconds before expiry at which a cached backend token is replaced."""
+
+    def __post_init__(self) -> None:
+        _check_client_auth("auth", self.token_endpoint_auth_method, self)
 
 
 BackendAuth = StaticKeyAuth | BasicAuth | NoAuth | IdJagAuth

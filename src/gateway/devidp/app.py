@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from ._http import json_response
@@ -40,6 +41,10 @@ def create_devidp_app(
             every backend missing here.
         clock: Returns the current time in seconds. Tests pass a movable clock
             to reach expiry without sleeping.
+
+    Returns:
+        The app. Its ``state.org`` is the :class:`OrgAuthorizationServer`, whose
+        ``rotate_key`` rotates the org signing key in a running dev IdP.
     """
     org_key = org_key or SigningKey.generate()
     org = OrgAuthorizationServer(settings, key=org_key, clock=clock)
@@ -73,6 +78,7 @@ def create_devidp_app(
         openapi_config=None,
         logging_config=None,
         request_max_body_size=_MAX_BODY_SIZE,
+        state=State({"org": org}),
     )
 
 

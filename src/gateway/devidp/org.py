@@ -65,6 +65,7 @@ class OrgAuthorizationServer:
     ) -> None:
         self._settings = settings
         self._key = key
+        self._retired: list[SigningKey] = []
         self._clock = clock
         issuer = settings.issuer
         self.token_endpoint = f"{issuer}/oauth2/v1/token"
@@ -86,6 +87,27 @@ class OrgAuthorizationServer:
         self._id_jag = IdJagIssuer(
             settings, key=key, org_keys=self.public_keys, clock=clock
         )
+
+    def rotate_key(self, key: SigningKey | None = None) -> SigningKey:
+        """Sign with a new key from now on, as an IdP's routine key rotation does.
+
+        The previous keys stay in the JWK Set, so tokens they signed keep
+        verifying. The org's own checks of its ID tokens use the new set at
+        once.
+
+        Args:
+            key: The new key; a new RSA 2048 key when None.
+
+        Returns:
+            The key that now signs.
+        """
+        new = key or SigningKey.generate()
+        self._retired.insert(0, self._key)
+        self._key = new
+        self._id_jag._key = new
+        self.public_keys.keys[:] = public_key_set([new, *self._retired]).keys
+        logger.info("devidp.key_rotated", kid=new.kid, published=1 + len(self._retired))
+        return new
 
     def metadata(self) -> dict[str, Any]:
         """Return the RFC 8414 / OpenID Connect Discovery metadata."""
@@ -162,7 +184,7 @@ class OrgAuthorizationServer:
         return json_response(self.metadata())
 
     async def _keys(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        return json_response(jwks_document([self._key]))
+        return json_response(jwks_document([self._key, *self._retired]))
 
     async def _token(self, request: Request[Any, Any, Any]) -> Response[bytes]:
         client_id: str | None = None

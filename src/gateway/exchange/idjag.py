@@ -26,7 +26,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -35,7 +34,7 @@ from joserfc.jws import extract_compact
 from opentelemetry import trace
 
 from gateway.config import IdJagAuth
-from gateway.errors import UpstreamError
+from gateway.errors import ExchangeError, UpstreamError
 from gateway.exchange._requests import (
     DEFAULT_RETRY_AFTER,
     STEP_JWT_BEARER,
@@ -43,8 +42,10 @@ from gateway.exchange._requests import (
     ServerUnavailableError,
     malformed,
     post_token_request,
+    server_name,
     unavailable,
 )
+from gateway.exchange.client_assertion import ClientKeyError, authenticate_request
 
 __all__ = [
     "GRANT_JWT_BEARER",
@@ -83,9 +84,13 @@ class UpstreamTokenClient(Protocol):
         ...
 
     def client_auth(
-        self, data: dict[str, str]
+        self, data: dict[str, str], *, token_endpoint: str | None = None
     ) -> tuple[dict[str, str], httpx.Auth | None]:
-        """Return the form with client authentication added, and an httpx auth."""
+        """Return the form with client authentication added, and an httpx auth.
+
+        ``token_endpoint`` is the URL the request goes to, the ``aud`` of a
+        ``private_key_jwt`` assertion; the IdP's discovered one when None.
+        """
         ...
 
 
@@ -172,7 +177,7 @@ class IdJagExchanger:
                 step=STEP_TOKEN_EXCHANGE,
                 retry_after=exc.retry_after or DEFAULT_RETRY_AFTER,
             ) from exc
-        form, client_auth = self._upstream.client_auth(form)
+        form, client_auth = self._upstream.client_auth(form, token_endpoint=url)
         body = await post_token_request(
             self._http, STEP_TOKEN_EXCHANGE, url, form, client_auth
         )
@@ -199,15 +204,25 @@ class IdJagExchanger:
         form = {"grant_type": GRANT_JWT_BEARER, "assertion": assertion}
         if auth.scopes:
             form["scope"] = " ".join(auth.scopes)
-        client_auth: httpx.Auth | None = None
-        if auth.token_endpoint_auth_method == "client_secret_post":
-            form["client_id"] = auth.client_id
-            form["client_secret"] = auth.client_secret
-        else:
-            # RFC 6749 section 2.3.1: form-encode both parts before Basic.
-            client_auth = httpx.BasicAuth(
-                quote(auth.client_id, safe=""), quote(auth.client_secret, safe="")
+        try:
+            form, client_auth = authenticate_request(
+                form,
+                method=auth.token_endpoint_auth_method,
+                client_id=auth.client_id,
+                client_secret=auth.client_secret,
+                token_endpoint=auth.token_endpoint,
+                key_file=auth.private_key_file,
+                key_id=auth.private_key_id,
+                algorithm=auth.private_key_algorithm,
             )
+        except ClientKeyError as exc:
+            raise ExchangeError(
+                f"the gateway cannot authenticate at {server_name(STEP_JWT_BEARER)}: "
+                f"{exc}",
+                oauth_error="client_key_unavailable",
+                step=STEP_JWT_BEARER,
+                reason="client_key_unavailable",
+            ) from None
         body = await post_token_request(
             self._http, STEP_JWT_BEARER, auth.token_endpoint, form, client_auth
         )

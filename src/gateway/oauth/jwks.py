@@ -6,6 +6,8 @@ re-fetch on an unfamiliar ``kid``):
 - the set is fetched on first use and again after ``ttl`` seconds;
 - an unknown ``kid`` triggers one immediate re-fetch, at most once per
   ``min_refetch_interval`` seconds, shared by concurrent callers;
+- so does a known ``kid`` whose key fails the signature, in case the IdP
+  reused the ``kid`` for new key material (:meth:`RemoteJwks.replacement_for`);
 - a failed fetch keeps the last good set, and the next try waits
   ``min_refetch_interval`` seconds; only a cache that never loaded raises.
 """
@@ -80,6 +82,25 @@ class RemoteJwks:
         if key is None and self._may_force():
             await self._refresh(forced=True)
             key = self._find(kid, alg)
+        return key
+
+    async def replacement_for(self, failed: PublicKey, alg: str) -> PublicKey | None:
+        """Return a new key for a ``kid`` whose cached key failed a signature.
+
+        Re-fetches the set under the same limit as an unknown ``kid``, and
+        returns the key now published under ``failed.kid`` when its material
+        differs from ``failed``.
+
+        Raises:
+            UpstreamError: ``idp_unavailable`` when the set was never loaded
+                and cannot be fetched now.
+        """
+        if not self._may_force():
+            return None
+        await self._refresh(forced=True)
+        key = self._find(failed.kid, alg)
+        if key is None or key.thumbprint() == failed.thumbprint():
+            return None
         return key
 
     def _is_stale(self) -> bool:
@@ -157,6 +178,36 @@ class RemoteJwks:
             msg = f"the JWK Set at {self.uri} has no 'keys' array"
             raise UpstreamError(msg, reason="idp_unavailable")
         return [key for key in map(_import_public_key, entries) if key is not None]
+
+
+class JwksRegistry:
+    """One :class:`RemoteJwks` per ``jwks_uri``, shared by every client of an issuer.
+
+    Several relying parties of one IdP (the gateway's own client and, for
+    example, one client per verified agent) then share one cache and one
+    re-fetch limit, so the limit applies per issuer rather than per client.
+
+    Args:
+        http: The client used for fetches.
+        min_refetch_interval: Passed to every :class:`RemoteJwks` created.
+    """
+
+    def __init__(
+        self, http: httpx.AsyncClient, *, min_refetch_interval: float = 30.0
+    ) -> None:
+        self._http = http
+        self._min_refetch_interval = min_refetch_interval
+        self._sets: dict[str, RemoteJwks] = {}
+
+    def get(self, uri: str) -> RemoteJwks:
+        """Return the key set of ``uri``, created on first use."""
+        jwks = self._sets.get(uri)
+        if jwks is None:
+            jwks = RemoteJwks(
+                self._http, uri, min_refetch_interval=self._min_refetch_interval
+            )
+            self._sets[uri] = jwks
+        return jwks
 
 
 def _import_public_key(entry: Any) -> PublicKey | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -16,11 +17,11 @@ import anyio
 import httpx
 import structlog
 from joserfc.errors import JoseError
-from joserfc.jws import extract_compact, validate_compact
+from joserfc.jws import CompactSignature, extract_compact, validate_compact
 
 from gateway.errors import ExchangeError, UpstreamError
 from gateway.oauth.grants import UpstreamTokens
-from gateway.oauth.jwks import RemoteJwks
+from gateway.oauth.jwks import JwksRegistry, PublicKey, RemoteJwks
 
 if TYPE_CHECKING:
     from gateway.config import UpstreamConfig
@@ -29,6 +30,21 @@ log = structlog.get_logger("gateway.oauth.upstream")
 
 ID_TOKEN_ALGORITHMS = frozenset({"RS256", "ES256"})
 """Signature algorithms accepted on upstream ID tokens."""
+
+NOT_ID_TOKEN_TYPES = frozenset(
+    {
+        "at+jwt",
+        "oauth-id-jag+jwt",
+        "logout+jwt",
+        "secevent+jwt",
+        "token-introspection+jwt",
+    }
+)
+"""``typ`` values (RFC 8725 section 3.11) that mark a JWT as another kind of token.
+
+OpenID Connect requires no ``typ`` on ID tokens, so any other value, or
+none, is accepted.
+"""
 
 METADATA_TTL = 3600.0
 """Seconds the IdP's discovery document is cached."""
@@ -46,8 +62,13 @@ class UpstreamClient:
         config: The ``upstream`` config section.
         redirect_uri: The gateway's callback URL registered at the IdP.
         http: The client used for every call to the IdP.
-        leeway: Seconds of clock skew tolerated on ID token times.
+        leeway: Seconds of clock skew tolerated on ID token times;
+            ``config.leeway`` when None.
         timeout: Seconds allowed for one call to the IdP.
+        clock: Returns the current time in seconds, for the ID token times.
+        jwks: The cache of the IdP's key set. Clients of one IdP that get the
+            same registry share one cache and one re-fetch limit. When None,
+            the client creates a registry of its own.
     """
 
     def __init__(
@@ -56,18 +77,22 @@ class UpstreamClient:
         *,
         redirect_uri: str,
         http: httpx.AsyncClient,
-        leeway: int = 30,
+        leeway: int | None = None,
         timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        jwks: JwksRegistry | None = None,
     ) -> None:
         self.config = config
         self.redirect_uri = redirect_uri
         self._http = http
-        self._leeway = leeway
+        self._leeway = config.leeway if leeway is None else leeway
+        self._clock = clock
         self._timeout = timeout
         self._metadata: dict[str, Any] | None = None
         self._metadata_at = 0.0
         self._metadata_lock = anyio.Lock()
         self._jwks: RemoteJwks | None = None
+        self._jwks_registry = jwks or JwksRegistry(http)
 
     @property
     def issuer(self) -> str:
@@ -102,7 +127,7 @@ class UpstreamClient:
             self._metadata = document
             self._metadata_at = time.monotonic()
             if self._jwks is None or self._jwks.uri != document["jwks_uri"]:
-                self._jwks = RemoteJwks(self._http, document["jwks_uri"])
+                self._jwks = self._jwks_registry.get(document["jwks_uri"])
             return document
 
     async def token_endpoint(self) -> str:
@@ -111,15 +136,27 @@ class UpstreamClient:
         return endpoint
 
     def client_auth(
-        self, data: dict[str, str]
+        self, data: dict[str, str], *, token_endpoint: str | None = None
     ) -> tuple[dict[str, str], httpx.Auth | None]:
         """Add the gateway's client authentication to a token request.
 
+        Args:
+            data: The token request parameters.
+            token_endpoint: The URL the request goes to, the ``aud`` of a
+                ``private_key_jwt`` assertion; required for that method.
+
         Returns:
             The form data (with ``client_id`` and, for ``client_secret_post``,
-            ``client_secret``) and the ``httpx.Auth`` to send it with (HTTP
-            Basic for ``client_secret_basic``, else None).
+            ``client_secret``, for ``private_key_jwt`` the client assertion)
+            and the ``httpx.Auth`` to send it with (HTTP Basic for
+            ``client_secret_basic``, else None).
+
+        Raises:
+            UpstreamError: ``idp_misconfigured`` when the private key cannot
+                be used.
         """
+        if self.config.token_endpoint_auth_method == "private_key_jwt":
+            return self._private_key_jwt(data, token_endpoint)
         form = dict(data)
         form["client_id"] = self.config.client_id
         if self.config.token_endpoint_auth_method == "client_secret_post":
@@ -130,6 +167,33 @@ class UpstreamClient:
             _form_encode(self.config.client_id), _form_encode(self.config.client_secret)
         )
         return form, auth
+
+    def _private_key_jwt(
+        self, data: dict[str, str], token_endpoint: str | None
+    ) -> tuple[dict[str, str], httpx.Auth | None]:
+        # Imported here: gateway.exchange imports gateway.oauth.
+        from gateway.exchange.client_assertion import (
+            ClientKeyError,
+            authenticate_request,
+        )
+
+        if token_endpoint is None:
+            msg = "private_key_jwt needs the token endpoint URL"
+            raise UpstreamError(msg, reason="idp_misconfigured")
+        try:
+            return authenticate_request(
+                data,
+                method="private_key_jwt",
+                client_id=self.config.client_id,
+                client_secret="",
+                token_endpoint=token_endpoint,
+                key_file=self.config.private_key_file,
+                key_id=self.config.private_key_id,
+                algorithm=self.config.private_key_algorithm,
+            )
+        except ClientKeyError as exc:
+            msg = f"the upstream client key cannot be used: {exc}"
+            raise UpstreamError(msg, reason="idp_misconfigured") from None
 
     async def authorization_url(
         self, *, state: str, nonce: str, code_challenge: str, login_hint: str | None
@@ -196,9 +260,13 @@ class UpstreamClient:
     ) -> dict[str, Any]:
         """Verify an ID token of this IdP issued to the gateway's client.
 
-        Checks the signature against the IdP's JWKS (RS256 or ES256), ``iss``
-        exactly, ``aud`` (and ``azp`` when there are several audiences), ``exp``
-        and ``iat`` with the leeway, ``sub``, and ``nonce`` when one is given.
+        Checks the signature against the IdP's JWKS (RS256 or ES256 only, so
+        never ``none`` or HMAC), ``iss`` exactly, ``aud`` (and ``azp`` when there
+        are several audiences), ``exp``, ``iat`` and ``nbf`` with the leeway,
+        ``sub``, and ``nonce`` when one is given. A ``typ`` header that marks
+        another kind of token, such as ``at+jwt``, is rejected. A ``kid`` the
+        cached JWKS lacks, or a known ``kid`` whose key fails the signature,
+        makes the JWKS be fetched again (see :class:`RemoteJwks`).
 
         Raises:
             UpstreamError: ``invalid_id_token`` naming the failed check, or
@@ -214,16 +282,20 @@ class UpstreamClient:
         alg = header.get("alg")
         if alg not in ID_TOKEN_ALGORITHMS or "crit" in header or "b64" in header:
             raise _invalid(f"its algorithm {alg!r} is not one of RS256, ES256")
+        typ = header.get("typ")
+        if isinstance(typ, str) and (
+            typ.lower().removeprefix("application/") in NOT_ID_TOKEN_TYPES
+        ):
+            raise _invalid(f"its typ {typ!r} marks another kind of token")
         kid = header.get("kid")
         key = await self._jwks.key_for(kid if isinstance(kid, str) else None, alg)
         if key is None:
             raise _invalid(f"no key of the IdP's JWKS matches kid {kid!r}")
-        try:
-            valid = validate_compact(obj, key, algorithms=[alg])
-        except (JoseError, ValueError):
-            valid = False
-        if not valid:
-            raise _invalid("its signature is invalid")
+        if not _signature_valid(obj, key, alg):
+            # The IdP may have published new material under the same kid.
+            replacement = await self._jwks.replacement_for(key, alg)
+            if replacement is None or not _signature_valid(obj, replacement, alg):
+                raise _invalid("its signature is invalid")
         try:
             claims = json.loads(obj.payload or b"")
         except ValueError:
@@ -234,7 +306,7 @@ class UpstreamClient:
         return claims
 
     def _check_id_token_claims(self, claims: dict[str, Any], nonce: str | None) -> None:
-        now = time.time()
+        now = self._clock()
         if claims.get("iss") != self.config.issuer:
             raise _invalid(
                 f"its iss {claims.get('iss')!r} is not {self.config.issuer!r}"
@@ -256,6 +328,9 @@ class UpstreamClient:
         iat = claims.get("iat")
         if not _is_number(iat) or iat - self._leeway > now:
             raise _invalid("its iat is missing or in the future")
+        nbf = claims.get("nbf")
+        if nbf is not None and (not _is_number(nbf) or nbf - self._leeway > now):
+            raise _invalid("it is not valid yet (nbf)")
         if nonce is not None and claims.get("nonce") != nonce:
             raise _invalid("its nonce does not match the sign-in request")
 
@@ -283,7 +358,7 @@ class UpstreamClient:
         self, data: dict[str, str], *, step: str
     ) -> dict[str, Any]:
         endpoint = await self.token_endpoint()
-        form, auth = self.client_auth(data)
+        form, auth = self.client_auth(data, token_endpoint=endpoint)
         try:
             response = await self._http.post(
                 endpoint,
@@ -360,6 +435,13 @@ class UpstreamClient:
                 msg = f"the IdP discovery document has no usable {name}"
                 raise UpstreamError(msg, reason="idp_misconfigured")
         return document
+
+
+def _signature_valid(obj: CompactSignature, key: PublicKey, alg: str) -> bool:
+    try:
+        return bool(validate_compact(obj, key, algorithms=[alg]))
+    except (JoseError, ValueError):
+        return False
 
 
 def _invalid(problem: str) -> UpstreamError:

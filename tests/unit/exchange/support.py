@@ -136,7 +136,7 @@ class FixedUpstream:
         return self.endpoint
 
     def client_auth(
-        self, data: dict[str, str]
+        self, data: dict[str, str], *, token_endpoint: str | None = None
     ) -> tuple[dict[str, str], httpx.Auth | None]:
         form = {**data, "client_id": "agent-proxy"}
         return form, httpx.BasicAuth("agent-proxy", "agent-proxy-secret")
