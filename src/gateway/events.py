@@ -257,6 +257,22 @@ class RefreshTokenReused(GatewayEvent, frozen=True, kw_only=True):
     grant_id: str
 
 
+class TokenRevoked(GatewayEvent, frozen=True, kw_only=True):
+    """A client revoked a token (RFC 7009).
+
+    Attributes:
+        token_type: ``refresh_token`` (its whole grant was revoked) or
+            ``access_token`` (that token alone, until it expires).
+        grant_id: The grant the token belonged to.
+        token_id: The access token's ``jti``; None for a refresh token.
+    """
+
+    client_id: str
+    token_type: str
+    grant_id: str
+    token_id: str | None = None
+
+
 def audit_event_union() -> Any:
     """Return the tagged union of every concrete gateway event type."""
     return event_union(GatewayEvent)

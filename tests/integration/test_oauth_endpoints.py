@@ -204,6 +204,12 @@ async def test_authorization_server_metadata_exact_document(server: Server) -> N
         "authorization_endpoint": f"{server.url}/oauth2/authorize",
         "token_endpoint": f"{server.url}/oauth2/token",
         "registration_endpoint": f"{server.url}/oauth2/register",
+        "revocation_endpoint": f"{server.url}/oauth2/revoke",
+        "revocation_endpoint_auth_methods_supported": [
+            "none",
+            "client_secret_post",
+            "client_secret_basic",
+        ],
         "jwks_uri": f"{server.url}/oauth2/jwks",
         "scopes_supported": ["mcp"],
         "response_types_supported": ["code"],
@@ -216,6 +222,7 @@ async def test_authorization_server_metadata_exact_document(server: Server) -> N
             "client_secret_basic",
         ],
         "authorization_response_iss_parameter_supported": True,
+        "client_id_metadata_document_supported": True,
     }
 
 

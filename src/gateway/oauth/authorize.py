@@ -21,7 +21,10 @@ from litestar.datastructures import Cookie
 
 from gateway.events import AuthorizationRequested, ConsentGranted
 from gateway.oauth import pkce
-from gateway.oauth.clients import ClientRecord, ClientRegistry, hash_secret
+from gateway.oauth.client_metadata import ClientMetadataError, lookup_client
+from gateway.oauth.clients import ClientRecord, hash_secret
+from gateway.oauth.consents import ConsentStore
+from gateway.oauth.consents import cookie_name as consent_cookie_name
 from gateway.oauth.cors import origin_of
 from gateway.oauth.flow import (
     FormError,
@@ -53,9 +56,11 @@ _CONSENT_STAGE = "oauth.consent"
 async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Validate an authorization request, then show the consent page.
 
-    Pre-approved clients skip the page and go straight to the IdP. Publishes
-    ``AuthorizationRequested``, and ``AuthorizationRejected`` when the
-    request is refused after the redirect URI was verified.
+    Pre-approved clients skip the page and go straight to the IdP, and so
+    does a browser whose user approved this client for this backend before
+    (published as ``ConsentGranted`` with reason ``remembered_consent``).
+    Publishes ``AuthorizationRequested``, and ``AuthorizationRejected`` when
+    the request is refused after the redirect URI was verified.
     """
     runtime: Runtime = request.app.state.runtime
     params = request.query_params
@@ -65,7 +70,18 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
         return await refuse_page(
             runtime, "Invalid request", message, reason="invalid_request", stage=_STAGE
         )
-    record = await ClientRegistry(runtime.store).get(client_id)
+    try:
+        record = await lookup_client(request, client_id)
+    except ClientMetadataError as exc:
+        return await refuse_page(
+            runtime,
+            "Unknown application",
+            "The application that sent you here names itself by a client "
+            f"metadata document that cannot be used: {exc.description}.",
+            reason="invalid_client_metadata",
+            stage=_STAGE,
+            client_id=client_id,
+        )
     if record is None:
         return await refuse_page(
             runtime,
@@ -136,7 +152,7 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
     agent = runtime.agents.identify(
         client_id=record.client_id,
         client_name=record.client_name,
-        authenticated=not record.is_public,
+        authenticated=record.identity_proven,
     )
     auth_request = AuthorizationRequest(
         client_id=record.client_id,
@@ -170,7 +186,25 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
             _agent_not_allowed(record, agent.id, agent.trust, backend),
             reason="agent_not_allowed",
         )
-    if record.pre_approved:
+    if record.pre_approved or client_id in runtime.config.oauth.pre_approved_clients:
+        return await redirect_upstream(runtime, auth_request, stage=_STAGE)
+    remembered = await ConsentStore(runtime.store).remembered_user(
+        request.cookies.get(consent_cookie_name(runtime.issuer)),
+        client_id=record.client_id,
+        backend=backend,
+    )
+    if remembered is not None:
+        auth_request.remembered_user_iss = remembered.user_iss
+        auth_request.remembered_user_sub = remembered.user_sub
+        await runtime.publish(
+            ConsentGranted(
+                stage=_STAGE,
+                client_id=record.client_id,
+                backend=backend,
+                agent=agent_ref(auth_request),
+                reason="remembered_consent",
+            )
+        )
         return await redirect_upstream(runtime, auth_request, stage=_STAGE)
 
     transaction, browser_secret = await FlowState(runtime.store).start_consent(
@@ -284,6 +318,7 @@ async def consent(request: Request[Any, Any, Any]) -> Response[bytes]:
                 agent=agent_ref(auth_request),
             )
         )
+        auth_request.consent_approved = True
         response = await redirect_upstream(runtime, auth_request, stage=_CONSENT_STAGE)
     response.cookies.append(
         Cookie(

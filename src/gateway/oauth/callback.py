@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar import Request, Response, get
+from litestar.datastructures import Cookie
 
 from gateway.errors import ExchangeError, UpstreamError
 from gateway.events import UserRef, UserSignedIn
+from gateway.oauth.consents import CONSENT_MEMORY_TTL, ConsentStore
+from gateway.oauth.consents import cookie_name as consent_cookie_name
 from gateway.oauth.flow import agent_ref, client_redirect, refuse_page, reject
 from gateway.oauth.grants import Grant
 from gateway.oauth.transactions import FlowState
@@ -39,6 +42,11 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
     redirect URI with a single-use gateway code, ``state`` and ``iss``
     (RFC 9207). IdP errors reach the client as ``access_denied`` or
     ``server_error`` and publish ``AuthorizationRejected``.
+
+    An approval given on the consent page is remembered for the signed-in
+    user, and the browser gets a cookie naming that user. When a remembered
+    approval skipped the page but another user signed in, the sign-in is
+    rejected with ``access_denied`` and the browser's cookie is cleared.
     """
     runtime: Runtime = request.app.state.runtime
     params = request.query_params
@@ -120,6 +128,28 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
             stage=_STAGE,
         )
 
+    consents = ConsentStore(runtime.store)
+    cookie_name = consent_cookie_name(runtime.issuer)
+    browser_id = request.cookies.get(cookie_name)
+    if auth_request.remembered_user_sub is not None and (
+        auth_request.remembered_user_sub != claims["sub"]
+        or auth_request.remembered_user_iss != runtime.upstream.issuer
+    ):
+        # The page was skipped for the user who approved the client in this
+        # browser, but someone else signed in; that user never consented.
+        await consents.forget_browser(browser_id)
+        response = await reject(
+            runtime,
+            auth_request,
+            "access_denied",
+            "the user who signed in is not the one who approved this client "
+            "in this browser; start the sign-in again to see the consent page",
+            reason="consent_user_mismatch",
+            stage=_STAGE,
+        )
+        response.cookies.append(_consent_cookie(runtime, cookie_name, "", 0))
+        return response
+
     now = int(time.time())
     email = claims.get("email")
     # The grant, and every refresh token of it, ends refresh_token_ttl seconds
@@ -159,4 +189,31 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
             grant_id=grant.grant_id,
         )
     )
-    return client_redirect(runtime, auth_request, {"code": code})
+    response = client_redirect(runtime, auth_request, {"code": code})
+    if auth_request.consent_approved:
+        new_browser_id = await consents.remember(
+            user_iss=grant.user_iss,
+            user_sub=grant.user_sub,
+            client_id=grant.client_id,
+            backend=auth_request.backend,
+            browser_id=browser_id,
+        )
+        response.cookies.append(
+            _consent_cookie(runtime, cookie_name, new_browser_id, CONSENT_MEMORY_TTL)
+        )
+    return response
+
+
+def _consent_cookie(runtime: Runtime, name: str, value: str, max_age: int) -> Cookie:
+    # Path "/" because the __Host- prefix requires it and the cookie must
+    # reach /oauth2/authorize; SameSite=Lax because the browser arrives at
+    # authorize by a navigation from the client's site.
+    return Cookie(
+        key=name,
+        value=value,
+        path="/",
+        max_age=max_age,
+        httponly=True,
+        samesite="lax",
+        secure=runtime.issuer.startswith("https://"),
+    )

@@ -49,6 +49,11 @@ class ClientRecord(msgspec.Struct, kw_only=True):
         ttl: Seconds the client lives without being looked up, for a
             dynamically registered client; None for a pre-registered client,
             which never expires.
+        metadata_document: Whether the record comes from a Client ID Metadata
+            Document, whose URL is the ``client_id``.
+        document_redirects_verified: For a metadata document, whether every
+            redirect URI is https on the document's own host, which makes the
+            client's identity verified.
     """
 
     client_id: str
@@ -61,6 +66,19 @@ class ClientRecord(msgspec.Struct, kw_only=True):
     secret_hash: str | None = None
     scope: str | None = None
     ttl: int | None = None
+    metadata_document: bool = False
+    document_redirects_verified: bool = False
+
+    @property
+    def identity_proven(self) -> bool:
+        """Whether the client proves who it is.
+
+        A confidential client proves it with its secret, and a metadata
+        document client by redirect URIs on the host that serves its document.
+        """
+        if self.metadata_document:
+            return self.document_redirects_verified
+        return not self.is_public
 
     @property
     def is_public(self) -> bool:

@@ -38,13 +38,27 @@ def protected_resource_metadata(runtime: Runtime, backend: str) -> dict[str, Any
     }
 
 
-def authorization_server_metadata(issuer: str) -> dict[str, Any]:
-    """Return the RFC 8414 document of the gateway as authorization server."""
+def authorization_server_metadata(
+    issuer: str, *, client_metadata_documents: bool = True
+) -> dict[str, Any]:
+    """Return the RFC 8414 document of the gateway as authorization server.
+
+    Args:
+        issuer: The gateway's issuer.
+        client_metadata_documents: Whether a ``client_id`` may be the URL of a
+            Client ID Metadata Document (``oauth.client_metadata.enabled``).
+    """
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/oauth2/authorize",
         "token_endpoint": f"{issuer}/oauth2/token",
         "registration_endpoint": f"{issuer}/oauth2/register",
+        "revocation_endpoint": f"{issuer}/oauth2/revoke",
+        "revocation_endpoint_auth_methods_supported": [
+            "none",
+            "client_secret_post",
+            "client_secret_basic",
+        ],
         "jwks_uri": f"{issuer}/oauth2/jwks",
         "scopes_supported": list(SUPPORTED_SCOPES),
         "response_types_supported": ["code"],
@@ -57,6 +71,7 @@ def authorization_server_metadata(issuer: str) -> dict[str, Any]:
             "client_secret_basic",
         ],
         "authorization_response_iss_parameter_supported": True,
+        "client_id_metadata_document_supported": client_metadata_documents,
     }
 
 
@@ -105,9 +120,7 @@ def get_authorization_server_metadata(
             f"the issuer is {runtime.issuer}; "
             f"fetch {AS_METADATA_PATH} followed by the issuer's path"
         )
-    return json_response(
-        authorization_server_metadata(runtime.issuer), cache=_DISCOVERY_CACHE
-    )
+    return json_response(_server_metadata(runtime), cache=_DISCOVERY_CACHE)
 
 
 @get(f"{AS_METADATA_PATH}/{{issuer_path:path}}", sync_to_thread=False)
@@ -121,9 +134,7 @@ def get_path_authorization_server_metadata(
         return _not_found(
             f"no authorization server has the issuer path {issuer_path!r}"
         )
-    return json_response(
-        authorization_server_metadata(runtime.issuer), cache=_DISCOVERY_CACHE
-    )
+    return json_response(_server_metadata(runtime), cache=_DISCOVERY_CACHE)
 
 
 @get("/oauth2/jwks", sync_to_thread=False)
@@ -131,6 +142,13 @@ def get_jwks(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Serve the public keys that verify the gateway's access tokens."""
     runtime: Runtime = request.app.state.runtime
     return json_response(runtime.keys.jwks(), cache=_DISCOVERY_CACHE)
+
+
+def _server_metadata(runtime: Runtime) -> dict[str, Any]:
+    return authorization_server_metadata(
+        runtime.issuer,
+        client_metadata_documents=runtime.config.oauth.client_metadata.enabled,
+    )
 
 
 def _not_found(description: str) -> Response[bytes]:

@@ -46,6 +46,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 GROUPS = {
     "/oauth2/register": "register",
     "/oauth2/token": "token",
+    "/oauth2/revoke": "token",
     "/oauth2/authorize": "authorize",
     "/oauth2/consent": "authorize",
     "/oauth2/callback": "authorize",

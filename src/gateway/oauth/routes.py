@@ -27,6 +27,7 @@ from gateway.oauth.metadata import (
     get_root_resource_metadata,
 )
 from gateway.oauth.register import register_client
+from gateway.oauth.revocation import revoke
 from gateway.oauth.token import token
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ OAUTH_PATHS = [
     "/oauth2/consent",
     "/oauth2/callback",
     "/oauth2/token",
+    "/oauth2/revoke",
     "/oauth2/jwks",
 ]
 
@@ -93,6 +95,7 @@ def create_oauth_handlers(*, middleware: Sequence[Middleware] = ()) -> list[Any]
                 consent,
                 callback,
                 token,
+                revoke,
             ],
             middleware=[DefineMiddleware(CorsHeadersMiddleware), *middleware],
             exception_handlers=oauth_exception_handlers(),

@@ -29,7 +29,8 @@ from gateway.events import (
 )
 from gateway.oauth import pkce
 from gateway.oauth.access_tokens import agent_claim, mint_access_token
-from gateway.oauth.clients import ClientRecord, ClientRegistry
+from gateway.oauth.client_metadata import ClientMetadataError, lookup_client
+from gateway.oauth.clients import ClientRecord
 from gateway.oauth.flow import FormError, read_form
 from gateway.oauth.grants import Grant
 from gateway.oauth.resources import backend_for_resource
@@ -83,7 +84,7 @@ async def token(request: Request[Any, Any, Any]) -> Response[bytes]:
         client_id = form.get("client_id")
         if not grant_type:
             raise TokenError("invalid_request", "grant_type is missing")
-        client = await _authenticate_client(runtime, request, form)
+        client = await authenticate_client(runtime, request, form)
         client_id = client.client_id
         if grant_type == "authorization_code":
             return await _authorization_code(runtime, client, form)
@@ -105,9 +106,17 @@ async def token(request: Request[Any, Any, Any]) -> Response[bytes]:
         )
 
 
-async def _authenticate_client(
+async def authenticate_client(
     runtime: Runtime, request: Request[Any, Any, Any], form: dict[str, str]
 ) -> ClientRecord:
+    """Return the client that sent a token or revocation request.
+
+    A public client names itself with ``client_id``; a confidential one sends
+    its secret with HTTP Basic or in the form, not both.
+
+    Raises:
+        TokenError: ``invalid_client`` (401) or ``invalid_request``.
+    """
     authorization = request.headers.get("authorization")
     basic = authorization is not None and authorization[:6].lower() == "basic "
     challenge = _BASIC_CHALLENGE if basic else None
@@ -132,7 +141,12 @@ async def _authenticate_client(
         secret = form.get("client_secret", "")
     if not client_id:
         raise TokenError("invalid_client", "client_id is missing", status=401)
-    record = await ClientRegistry(runtime.store).get(client_id)
+    try:
+        record = await lookup_client(request, client_id)
+    except ClientMetadataError as exc:
+        raise TokenError(
+            "invalid_client", exc.description, status=401, headers=challenge
+        ) from None
     if record is None:
         raise TokenError(
             "invalid_client", "unknown client", status=401, headers=challenge

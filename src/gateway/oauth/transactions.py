@@ -46,6 +46,12 @@ class AuthorizationRequest(msgspec.Struct, kw_only=True):
         agent_id: The agent the client was identified as.
         agent_verified: Whether that identity is verified.
         agent_trust: ``verified``, ``self-asserted`` or ``unknown``.
+        consent_approved: Whether the user approved the client on the consent
+            page in this flow, so the callback remembers the approval.
+        remembered_user_iss: With ``remembered_user_sub``, the user whose
+            remembered approval skipped the consent page; the callback
+            rejects a sign-in by anyone else.
+        remembered_user_sub: That user's subject.
     """
 
     client_id: str
@@ -61,6 +67,9 @@ class AuthorizationRequest(msgspec.Struct, kw_only=True):
     agent_id: str
     agent_verified: bool = False
     agent_trust: str = "unknown"
+    consent_approved: bool = False
+    remembered_user_iss: str | None = None
+    remembered_user_sub: str | None = None
 
 
 class PendingConsent(msgspec.Struct, kw_only=True):

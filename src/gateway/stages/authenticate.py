@@ -17,6 +17,7 @@ from gateway.oauth.access_tokens import AccessTokenError, verify_access_token
 from gateway.oauth.keys import SUPPORTED_ALGORITHMS
 from gateway.oauth.metadata import SUPPORTED_SCOPES, resource_metadata_url
 from gateway.oauth.responses import NOT_DESCRIPTION_CHARACTER
+from gateway.oauth.revoked_tokens import is_access_token_revoked
 from pipeline import BaseStage, Next
 
 VERIFIED_CACHE_SIZE = 10_000
@@ -78,7 +79,8 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
     the backend's resource metadata, with ``error="invalid_token"`` when a
     token was sent. Its body is a JSON-RPC error with code -32001 and a
     ``data.reason`` of ``missing_token``, ``invalid_token``, ``token_expired``,
-    ``wrong_audience`` or ``grant_revoked``.
+    ``wrong_audience``, ``grant_revoked`` or ``token_revoked`` (revoked at
+    the revocation endpoint before it expired).
 
     Raises:
         ConfigError: At construction, when ``algorithms`` does not include
@@ -151,6 +153,10 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
         if grant.client_id != claims["client_id"] or grant.user_sub != claims["sub"]:
             return await self._reject(
                 ctx, "invalid_token", "the token does not match its grant"
+            )
+        if await is_access_token_revoked(runtime.store, claims["jti"]):
+            return await self._reject(
+                ctx, "token_revoked", "this access token was revoked; get a new one"
             )
         principal = _principal(claims)
         ctx.provide(PRINCIPAL, principal)
