@@ -40,6 +40,7 @@ from gateway.oauth.redirects import redirect_uri_matches
 from gateway.oauth.resources import backend_for_resource
 from gateway.oauth.responses import html_response
 from gateway.oauth.transactions import CONSENT_TTL, AuthorizationRequest, FlowState
+from gateway.stages.authorize import known_scopes
 
 if TYPE_CHECKING:
     from litestar.datastructures import MultiDict
@@ -147,6 +148,11 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
             reason="invalid_target",
         )
     backend, resource = target
+    scopes, problem = _requested_scopes(runtime, params, backend)
+    if problem:
+        return await reject(
+            runtime, draft, "invalid_scope", problem, reason="invalid_scope"
+        )
     login_hint, _ = _single(params, "login_hint")
 
     agent = runtime.agents.identify(
@@ -163,7 +169,7 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
         code_challenge=params.get("code_challenge", ""),
         resource=resource,
         backend=backend,
-        scopes=list(SUPPORTED_SCOPES),
+        scopes=scopes,
         login_hint=login_hint[:MAX_PARAMETER_LENGTH] if login_hint else None,
         agent_id=agent.id,
         agent_verified=agent.verified,
@@ -342,6 +348,32 @@ def _single(params: MultiDict[Any], name: str) -> tuple[str | None, str | None]:
     if len(value) > MAX_PARAMETER_LENGTH:
         return None, f"{name} is longer than {MAX_PARAMETER_LENGTH} characters"
     return value, None
+
+
+def _requested_scopes(
+    runtime: Runtime, params: MultiDict[Any], backend: str
+) -> tuple[list[str], str | None]:
+    """Return the scopes to grant: ``mcp`` plus the known scopes requested.
+
+    Without ``scope`` the grant has the base scopes only. A scope that no
+    ``tool_scopes`` entry of the backend names is rejected with
+    ``invalid_scope``, so a token never carries a scope the config does not
+    name.
+    """
+    # NOTE: consent is remembered per user, client and backend, not per
+    # scope, so a step-up to more scopes does not show the consent page again.
+    value, problem = _single(params, "scope")
+    if problem:
+        return [], problem
+    requested = value.split() if value else []
+    known = known_scopes(runtime.config.stages, backend)
+    unknown = [scope for scope in requested if scope not in known]
+    if unknown:
+        return [], (
+            f"unknown scope {' '.join(unknown)!r} for this resource; "
+            f"supported: {' '.join(known)}"
+        )
+    return list(dict.fromkeys([*SUPPORTED_SCOPES, *requested])), None
 
 
 def _redirect_uri(

@@ -11,10 +11,13 @@ from gateway.oauth.resources import backend_for_path
 from gateway.oauth.responses import json_response, oauth_error
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from gateway.runtime import Runtime
 
 SUPPORTED_SCOPES = ("mcp",)
-"""Scopes the gateway grants; every token gets ``mcp``."""
+"""Base scopes of every access token. A token also gets the tool scopes
+(``stages.authorize.tool_scopes``) that its client requests."""
 
 PRM_PATH = "/.well-known/oauth-protected-resource"
 AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
@@ -28,18 +31,28 @@ def resource_metadata_url(public_url: str, backend_path: str) -> str:
 
 
 def protected_resource_metadata(runtime: Runtime, backend: str) -> dict[str, Any]:
-    """Return the RFC 9728 document of one backend resource."""
+    """Return the RFC 9728 document of one backend resource.
+
+    ``scopes_supported`` lists ``mcp`` and the backend's tool scopes from the
+    ``authorize`` stage settings.
+    """
+    # Imported here: the authorize stage imports this module.
+    from gateway.stages.authorize import known_scopes
+
     return {
         "resource": runtime.resource_for(backend),
         "authorization_servers": [runtime.issuer],
         "bearer_methods_supported": ["header"],
-        "scopes_supported": list(SUPPORTED_SCOPES),
+        "scopes_supported": known_scopes(runtime.config.stages, backend),
         "resource_name": backend,
     }
 
 
 def authorization_server_metadata(
-    issuer: str, *, client_metadata_documents: bool = True
+    issuer: str,
+    *,
+    client_metadata_documents: bool = True,
+    scopes: Sequence[str] = SUPPORTED_SCOPES,
 ) -> dict[str, Any]:
     """Return the RFC 8414 document of the gateway as authorization server.
 
@@ -47,6 +60,7 @@ def authorization_server_metadata(
         issuer: The gateway's issuer.
         client_metadata_documents: Whether a ``client_id`` may be the URL of a
             Client ID Metadata Document (``oauth.client_metadata.enabled``).
+        scopes: The scopes the gateway issues (``scopes_supported``).
     """
     return {
         "issuer": issuer,
@@ -60,7 +74,7 @@ def authorization_server_metadata(
             "client_secret_basic",
         ],
         "jwks_uri": f"{issuer}/oauth2/jwks",
-        "scopes_supported": list(SUPPORTED_SCOPES),
+        "scopes_supported": list(scopes),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
@@ -145,9 +159,12 @@ def get_jwks(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 def _server_metadata(runtime: Runtime) -> dict[str, Any]:
+    from gateway.stages.authorize import known_scopes
+
     return authorization_server_metadata(
         runtime.issuer,
         client_metadata_documents=runtime.config.oauth.client_metadata.enabled,
+        scopes=known_scopes(runtime.config.stages),
     )
 
 
