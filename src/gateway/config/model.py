@@ -236,14 +236,28 @@ class NoAuth(_Config, frozen=True, tag="none", tag_field="kind"):
 class IdJagAuth(_Config, frozen=True, tag="id-jag", tag_field="kind"):
     """Okta Cross App Access: an ID-JAG token exchange, then the JWT-bearer grant."""
 
-    issuer: str
-    """The backend authorization server's issuer: the ID-JAG ``audience``."""
-    token_endpoint: str
-    """The backend authorization server's token endpoint."""
     resource: str
     """The backend's own RFC 9728 resource identifier (not the gateway URL)."""
     client_id: str
     """The gateway's client id at the backend authorization server."""
+    issuer: str = ""
+    """The backend authorization server's issuer: the ID-JAG ``audience``.
+    Required unless ``discovery`` is on, and then left empty."""
+    token_endpoint: str = ""
+    """The backend authorization server's token endpoint. Required unless
+    ``discovery`` is on, and then left empty."""
+    discovery: bool = False
+    """Dynamic mode: find the authorization server through the backend's RFC 9728
+    metadata (at the well-known URL derived from ``resource``) and its RFC 8414
+    metadata, instead of ``issuer`` and ``token_endpoint``."""
+    allowed_issuers: list[str] = msgspec.field(default_factory=list)
+    """Dynamic mode: the only issuers the gateway uses, compared exactly.
+    Required with ``discovery``."""
+    discovery_ttl: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 3600
+    """Dynamic mode: seconds a discovered authorization server is reused."""
+    discovery_allow_loopback: bool = False
+    """Dynamic mode, development only: also accept loopback hosts, over http or
+    https."""
     client_secret: str = ""
     """Its secret, usually ``${ENV_VAR}``."""
     token_endpoint_auth_method: ClientAuthMethod = "client_secret_basic"
@@ -262,6 +276,26 @@ class IdJagAuth(_Config, frozen=True, tag="id-jag", tag_field="kind"):
 
     def __post_init__(self) -> None:
         _check_client_auth("auth", self.token_endpoint_auth_method, self)
+        if self.discovery:
+            if self.issuer or self.token_endpoint:
+                msg = (
+                    "auth.issuer and auth.token_endpoint must be empty when "
+                    "auth.discovery is on; list issuers in auth.allowed_issuers"
+                )
+                raise ValueError(msg)
+            if not self.allowed_issuers:
+                msg = "auth.allowed_issuers is required when auth.discovery is on"
+                raise ValueError(msg)
+        else:
+            if not self.issuer or not self.token_endpoint:
+                msg = (
+                    "auth.issuer and auth.token_endpoint are required unless "
+                    "auth.discovery is on"
+                )
+                raise ValueError(msg)
+            if self.allowed_issuers:
+                msg = "auth.allowed_issuers applies only when auth.discovery is on"
+                raise ValueError(msg)
 
 
 BackendAuth = StaticKeyAuth | BasicAuth | NoAuth | IdJagAuth

@@ -164,10 +164,15 @@ def _check_id_jag(
     where: str, auth: IdJagAuth, config: GatewayConfig
 ) -> Iterator[ConfigWarning]:
     issuer, endpoint = auth.issuer, auth.token_endpoint
-    yield from _check_http(f"{where}.issuer", issuer)
-    yield from _check_http(f"{where}.token_endpoint", endpoint)
-    yield from _check_audience(where, auth, config)
-    yield from _check_token_endpoint(where, auth, config)
+    if auth.discovery:
+        # Dynamic mode: the issuer and token endpoint are found at run time.
+        for index, allowed in enumerate(auth.allowed_issuers):
+            yield from _check_http(f"{where}.allowed_issuers[{index}]", allowed)
+    else:
+        yield from _check_http(f"{where}.issuer", issuer)
+        yield from _check_http(f"{where}.token_endpoint", endpoint)
+        yield from _check_audience(where, auth, config)
+        yield from _check_token_endpoint(where, auth, config)
     yield from _check_resource(where, auth, config)
     if not auth.scopes:
         yield ConfigWarning(

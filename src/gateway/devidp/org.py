@@ -43,6 +43,7 @@ from ._urns import (
 from .authorize import SUPPORTED_SCOPES, AuthorizationEndpoint
 from .client_auth import ClientAuthenticator
 from .exchange import IdJagIssuer
+from .faults import TokenOutage
 from .keys import SIGNING_ALGORITHM, SigningKey, jwks_document, public_key_set
 from .settings import DevClient, DevIdpSettings
 
@@ -87,6 +88,8 @@ class OrgAuthorizationServer:
         self._id_jag = IdJagIssuer(
             settings, key=key, org_keys=self.public_keys, clock=clock
         )
+        self.token_outage: TokenOutage | None = None
+        """When set, matching token requests fail as it describes (tests only)."""
 
     def rotate_key(self, key: SigningKey | None = None) -> SigningKey:
         """Sign with a new key from now on, as an IdP's routine key rotation does.
@@ -196,6 +199,10 @@ class OrgAuthorizationServer:
             )
             client_id = authenticated.client_id
             grant_type = params.require("grant_type")
+            outage = self.token_outage
+            if outage is not None and outage.applies_to(grant_type):
+                logger.info("devidp.token_outage", grant_type=grant_type)
+                return outage.response()
             if grant_type == GRANT_AUTHORIZATION_CODE:
                 body = self._redeem_code(authenticated, params)
             elif grant_type == GRANT_REFRESH_TOKEN:

@@ -1,6 +1,7 @@
 """Backend credentials: static kinds and Cross App Access (ID-JAG) with a cache."""
 
 from gateway.exchange.cache import CachedToken, CacheKey, TokenCache
+from gateway.exchange.discovery import AuthorizationServerDiscovery
 from gateway.exchange.idjag import (
     IdJagExchanger,
     IssuedToken,
@@ -11,6 +12,7 @@ from gateway.exchange.idjag import (
 from gateway.exchange.service import CredentialService, ObtainedCredentials
 
 __all__ = [
+    "AuthorizationServerDiscovery",
     "CacheKey",
     "CachedToken",
     "CredentialService",

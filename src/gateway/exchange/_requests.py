@@ -57,14 +57,23 @@ class ServerUnavailableError(UpstreamError):
     """The IdP or a backend authorization server is unreachable or failing.
 
     Attributes:
-        step: ``token_exchange`` or ``jwt_bearer``.
+        step: ``token_exchange``, ``jwt_bearer`` or ``upstream_refresh``.
+        oauth_error: The OAuth ``error`` code of the 5xx or 429 body, such as
+            ``temporarily_unavailable``; None when the server sent none.
     """
 
     def __init__(
-        self, message: str, *, reason: str, step: str, retry_after: int
+        self,
+        message: str,
+        *,
+        reason: str,
+        step: str,
+        retry_after: int,
+        oauth_error: str | None = None,
     ) -> None:
         super().__init__(message, reason=reason, retry_after=retry_after)
         self.step = step
+        self.oauth_error = oauth_error
 
 
 async def post_token_request(
@@ -92,16 +101,22 @@ async def post_token_request(
         raise unavailable(step, f"request failed ({type(exc).__name__})") from exc
 
     status = response.status_code
-    if status >= 500 or status == 429:
-        raise unavailable(
-            step,
-            f"answered HTTP {status}",
-            retry_after=_retry_after(response.headers.get("retry-after")),
-        )
     try:
         body = _decoder.decode(response.content)
     except msgspec.DecodeError:
         body = None
+    if status >= 500 or status == 429:
+        error = body.get("error") if isinstance(body, dict) else None
+        oauth_error = _clean(error) or None
+        what = f"answered HTTP {status}"
+        if oauth_error is not None:
+            what = f"{what} ({oauth_error})"
+        raise unavailable(
+            step,
+            what,
+            retry_after=_retry_after(response.headers.get("retry-after")),
+            oauth_error=oauth_error,
+        )
     if not isinstance(body, dict):
         raise malformed(step, f"HTTP {status} with a body that is not a JSON object")
     if status == 200:
@@ -130,9 +145,16 @@ def server_name(step: str) -> str:
 
 
 def unavailable(
-    step: str, what: str, *, retry_after: int = DEFAULT_RETRY_AFTER
+    step: str,
+    what: str,
+    *,
+    retry_after: int = DEFAULT_RETRY_AFTER,
+    oauth_error: str | None = None,
 ) -> ServerUnavailableError:
-    """Return the outage error of a step, with its stable reason code."""
+    """Return the outage error of a step, with its stable reason code.
+
+    ``oauth_error`` is the code the server sent with its 5xx or 429, if any.
+    """
     if step == STEP_TOKEN_EXCHANGE:
         reason = "idp_unavailable"
     else:
@@ -142,6 +164,7 @@ def unavailable(
         reason=reason,
         step=step,
         retry_after=retry_after,
+        oauth_error=oauth_error,
     )
 
 

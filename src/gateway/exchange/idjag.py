@@ -176,6 +176,7 @@ class IdJagExchanger:
                 reason=exc.reason,
                 step=STEP_TOKEN_EXCHANGE,
                 retry_after=exc.retry_after or DEFAULT_RETRY_AFTER,
+                oauth_error=getattr(exc, "oauth_error", None),
             ) from exc
         form, client_auth = self._upstream.client_auth(form, token_endpoint=url)
         body = await post_token_request(

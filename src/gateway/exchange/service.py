@@ -19,8 +19,13 @@ from gateway.config import (
     StaticKeyAuth,
 )
 from gateway.errors import ExchangeError, UpstreamError
-from gateway.exchange._requests import DEFAULT_RETRY_AFTER, ServerUnavailableError
+from gateway.exchange._requests import (
+    DEFAULT_RETRY_AFTER,
+    MAX_RETRY_AFTER,
+    ServerUnavailableError,
+)
 from gateway.exchange.cache import CacheKey, TokenCache
+from gateway.exchange.discovery import AuthorizationServerDiscovery
 from gateway.exchange.idjag import IdJagExchanger, IssuedToken, UpstreamTokenClient
 from gateway.facts import AgentIdentity, BackendCredentials, Principal
 from gateway.oauth.grants import GrantStore
@@ -90,6 +95,9 @@ class CredentialService:
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
         )
         self._exchanger = IdJagExchanger(upstream, self._http)
+        self.discovery = AuthorizationServerDiscovery(
+            self._http, timeout=timeout, clock=clock
+        )
         self._clock = clock
         self.cache = TokenCache(max_entries=cache_size, clock=clock)
         self._static: dict[str, tuple[BackendAuth, BackendCredentials]] = {}
@@ -101,10 +109,12 @@ class CredentialService:
 
         Raises:
             ExchangeError: The exchange was refused; ``reason`` is
-                ``reauthentication_required`` when only a new sign-in helps.
-            UpstreamError: The IdP or the backend authorization server is
-                unavailable. ``retry_after`` is the number of seconds to wait
-                before a retry.
+                ``reauthentication_required`` when only a new sign-in helps,
+                ``issuer_not_allowed`` or ``backend_as_discovery_failed`` when
+                dynamic discovery finds no usable authorization server.
+            UpstreamError: The IdP or the backend authorization server (or,
+                in dynamic mode, a metadata endpoint) is unavailable.
+                ``retry_after`` is the number of seconds to wait before a retry.
             LookupError: ``backend`` is not in the config.
         """
         obtained = await self.obtain(backend=backend, principal=principal, agent=agent)
@@ -117,6 +127,8 @@ class CredentialService:
         auth = self._auth(backend)
         if not isinstance(auth, IdJagAuth):
             return ObtainedCredentials(self._static_credentials(backend, auth))
+        # Dynamic mode: the discovered issuer and token endpoint fill in auth.
+        auth = await self.discovery.resolve(auth)
 
         key = _cache_key(backend, auth, principal, agent)
         fetched_here = False
@@ -186,6 +198,10 @@ class CredentialService:
         auth = self._auth(backend)
         if not isinstance(auth, IdJagAuth):
             return False
+        resolved = self.discovery.cached(auth)
+        if resolved is None:
+            return False
+        auth = resolved
         token = None
         if rejected is not None:
             token = rejected.headers.get(AUTHORIZATION, "").removeprefix("Bearer ")
@@ -203,6 +219,7 @@ class CredentialService:
     async def aclose(self) -> None:
         """Close the HTTP client if the service created it, and drop the cache."""
         self.cache.clear()
+        self.discovery.clear()
         if self._owns_http:
             await self._http.aclose()
 
@@ -219,7 +236,10 @@ class CredentialService:
                 str(exc),
                 reason=exc.reason,
                 step="upstream_refresh",
-                retry_after=exc.retry_after or DEFAULT_RETRY_AFTER,
+                retry_after=min(
+                    exc.retry_after or DEFAULT_RETRY_AFTER, MAX_RETRY_AFTER
+                ),
+                oauth_error=getattr(exc, "oauth_error", None),
             ) from exc
 
     def _auth(self, backend: str) -> BackendAuth:

@@ -8,7 +8,7 @@ import msgspec
 import structlog
 
 from gateway.context import RequestContext
-from gateway.errors import ExchangeError, UpstreamError
+from gateway.errors import UpstreamError
 from gateway.events import ExchangeFailed, TokenExchanged
 from gateway.exchange.service import ObtainedCredentials
 from gateway.facts import (
@@ -21,8 +21,7 @@ from gateway.facts import (
 )
 from gateway.mcp.jsonrpc import INTERNAL_ERROR
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
-from gateway.oauth.metadata import resource_metadata_url
-from gateway.stages.authenticate import UNAUTHORIZED
+from gateway.stages.authenticate import UNAUTHORIZED, bearer_challenge
 from gateway.stages.forward import BACKEND_STATUS
 from pipeline import BaseStage, Next
 
@@ -56,6 +55,10 @@ _EXPLANATIONS = {
     "idp_unavailable": "the identity provider is unavailable",
     "authorization_server_unavailable": "the backend's authorization server "
     "is unavailable",
+    "issuer_not_allowed": "the backend's authorization server is not on the "
+    "gateway's allow-list",
+    "backend_as_discovery_failed": "the backend's authorization server could "
+    "not be discovered from its metadata",
 }
 
 
@@ -180,7 +183,8 @@ class ExchangeStage(BaseStage[RequestContext, GatewayResponse]):
     ) -> GatewayResponse:
         """Log and publish ``ExchangeFailed``, revoke the grant if needed, respond."""
         backend = ctx.backend_name
-        oauth_error = exc.oauth_error if isinstance(exc, ExchangeError) else None
+        # An outage carries the code of the server's 5xx or 429 body, if any.
+        oauth_error: str | None = getattr(exc, "oauth_error", None)
         # Only a misconfigured IdP or an invalid refreshed ID token carry no step.
         step = getattr(exc, "step", "upstream")
         reason = exc.reason
@@ -237,10 +241,10 @@ def _failure_response(
     request_id = ctx.message.id if ctx.message is not None else None
 
     if reason == REAUTHENTICATION_REQUIRED:
-        metadata_url = resource_metadata_url(ctx.runtime.issuer, ctx.backend.path)
-        challenge = (
-            'Bearer error="invalid_token", error_description="the sign-in has '
-            f'ended; sign in again", resource_metadata="{metadata_url}"'
+        challenge = bearer_challenge(
+            ctx.runtime.issuer,
+            ctx.backend.path,
+            error_description="the sign-in has ended; sign in again",
         )
         return jsonrpc_error_response(
             401,

@@ -173,11 +173,12 @@ async def test_exchange_stage_ended_grant_401_with_resource_metadata(
     assert downstream.seen == []
     assert response.status == 401
     challenge = response.headers["www-authenticate"]
-    assert challenge.startswith('Bearer error="invalid_token", error_description="')
-    assert challenge.endswith(
-        'resource_metadata="http://127.0.0.1:8000/.well-known/'
+    # The same challenge as the authenticate stage's (bearer_challenge).
+    assert challenge.startswith(
+        'Bearer resource_metadata="http://127.0.0.1:8000/.well-known/'
         'oauth-protected-resource/employees/mcp"'
     )
+    assert 'error="invalid_token", error_description="' in challenge
     body = msgspec.json.decode(response.body)
     assert body["id"] == 7
     assert body["error"]["code"] == -32001
