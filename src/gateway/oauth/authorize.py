@@ -198,6 +198,7 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
         request.cookies.get(consent_cookie_name(runtime.issuer)),
         client_id=record.client_id,
         backend=backend,
+        scopes=auth_request.scopes,
     )
     if remembered is not None:
         auth_request.remembered_user_iss = remembered.user_iss
@@ -360,8 +361,6 @@ def _requested_scopes(
     ``invalid_scope``, so a token never carries a scope the config does not
     name.
     """
-    # NOTE: consent is remembered per user, client and backend, not per
-    # scope, so a step-up to more scopes does not show the consent page again.
     value, problem = _single(params, "scope")
     if problem:
         return [], problem

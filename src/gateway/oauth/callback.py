@@ -197,6 +197,7 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
             client_id=grant.client_id,
             backend=auth_request.backend,
             browser_id=browser_id,
+            scopes=auth_request.scopes,
         )
         response.cookies.append(
             _consent_cookie(runtime, cookie_name, new_browser_id, CONSENT_MEMORY_TTL)

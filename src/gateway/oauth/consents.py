@@ -23,6 +23,7 @@ import time
 import msgspec
 
 from gateway.oauth.clients import hash_secret
+from gateway.oauth.metadata import SUPPORTED_SCOPES
 from gateway.store import Store, TypedStore
 
 CONSENT_MEMORY_TTL = 30 * 24 * 3600
@@ -42,6 +43,7 @@ class ConsentRecord(msgspec.Struct, kw_only=True):
         client_id: The approved client.
         backends: The backends the user approved the client for.
         granted_at: When the latest approval was given (epoch seconds).
+        scopes: The scopes approved, per backend.
     """
 
     user_iss: str
@@ -49,6 +51,7 @@ class ConsentRecord(msgspec.Struct, kw_only=True):
     client_id: str
     backends: list[str]
     granted_at: int
+    scopes: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
 class BrowserUser(msgspec.Struct, kw_only=True):
@@ -73,6 +76,7 @@ class ConsentStore:
         client_id: str,
         backend: str,
         browser_id: str | None,
+        scopes: list[str] | None = None,
     ) -> str:
         """Record an approval and bind the browser to the user.
 
@@ -82,6 +86,8 @@ class ConsentStore:
             client_id: The approved client.
             backend: The backend the client was approved for.
             browser_id: The browser's current cookie value, if it sent one.
+            scopes: The scopes approved for the backend; they add to the
+                ones approved before.
 
         Returns:
             The cookie value to set: a new random one, so a browser id
@@ -90,6 +96,8 @@ class ConsentStore:
         key = _consent_key(user_iss, user_sub, client_id)
         record = await self._consents.get(key)
         backends = sorted({backend, *(record.backends if record else [])})
+        approved = dict(record.scopes) if record else {}
+        approved[backend] = sorted({*approved.get(backend, []), *(scopes or [])})
         await self._consents.set(
             key,
             ConsentRecord(
@@ -98,6 +106,7 @@ class ConsentStore:
                 client_id=client_id,
                 backends=backends,
                 granted_at=int(time.time()),
+                scopes=approved,
             ),
             CONSENT_MEMORY_TTL,
         )
@@ -112,9 +121,18 @@ class ConsentStore:
         return new_browser_id
 
     async def remembered_user(
-        self, browser_id: str | None, *, client_id: str, backend: str
+        self,
+        browser_id: str | None,
+        *,
+        client_id: str,
+        backend: str,
+        scopes: list[str] | None = None,
     ) -> BrowserUser | None:
-        """Return the browser's user, if that user approved client and backend."""
+        """Return the browser's user, if that user approved client and backend.
+
+        A request for scopes beyond the approved ones (a step-up) returns
+        None, so the user sees the consent page again.
+        """
         if not browser_id or len(browser_id) > 100:
             return None
         user = await self._browsers.get(hash_secret(browser_id))
@@ -124,6 +142,10 @@ class ConsentStore:
             _consent_key(user.user_iss, user.user_sub, client_id)
         )
         if record is None or backend not in record.backends:
+            return None
+        approved = set(record.scopes.get(backend, []))
+        # Every sign-in gets the base scopes; approving a client approves them.
+        if not set(scopes or []) <= approved | set(SUPPORTED_SCOPES):
             return None
         return user
 
