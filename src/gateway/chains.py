@@ -139,6 +139,7 @@ def plan_backend_chains(
         if "audit" not in refs and warning not in warnings:
             warnings.append(warning)
         plans[name] = BackendChainPlan(name, source, result, backend.anonymous)
+    problems.extend(_unknown_policy_backends(config))
     for key in config.stages:
         if key not in used:
             problems.append(
@@ -148,6 +149,29 @@ def plan_backend_chains(
     if problems:
         raise ConfigError(problems)
     return plans, warnings
+
+
+_BACKEND_KEYED_SETTINGS = ("tool_scopes", "require_verified_agent")
+"""Settings of ``authorize`` stages that name backends."""
+
+
+def _unknown_policy_backends(config: GatewayConfig) -> list[str]:
+    # A misspelt backend name in a policy would silently apply to nothing.
+    problems: list[str] = []
+    for key, settings in config.stages.items():
+        if key.split("/", 1)[0] != "authorize" or not isinstance(settings, dict):
+            continue
+        for setting in _BACKEND_KEYED_SETTINGS:
+            named = settings.get(setting)
+            if not isinstance(named, (dict, list)):
+                continue
+            for backend in named:
+                if isinstance(backend, str) and backend not in config.backends:
+                    problems.append(
+                        f"stages.{key}.{setting}: unknown backend {backend!r}; "
+                        f"use one of: {', '.join(sorted(config.backends))}"
+                    )
+    return problems
 
 
 def instantiate(plan: BackendChainPlan, resources: Any) -> Chain[Any, Any]:
