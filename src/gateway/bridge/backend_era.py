@@ -60,7 +60,7 @@ class Discovery:
 
 @dataclass(slots=True)
 class BackendEras:
-    """What each backend is known to serve, as configured or learned (per process).
+    """The eras each backend serves, as configured or learned (per process).
 
     Two facts are kept apart, because a backend may serve both eras:
 

@@ -13,6 +13,7 @@ from gateway.mcp.eras import VERSION_HEADER, Envelope
 from gateway.mcp.jsonrpc import decode, encode, parse_message
 from gateway.mcp.response import GatewayResponse, StreamOutcome
 from gateway.mcp.sse import SseParser, aclose_stream
+from gateway.stages.forward import BACKEND_SESSION_ID, BACKEND_STATUS
 
 MAX_READ_BYTES = 1024 * 1024
 """Largest backend response read for a request the gateway sent itself."""
@@ -64,6 +65,18 @@ def derived_context(
         ),
     )
     return derived
+
+
+def adopt_outcome(ctx: RequestContext, sent: RequestContext) -> None:
+    """Copy what the forward stage recorded for ``sent`` onto the client's ``ctx``.
+
+    The exchange stage reads ``backend_status`` from the client's context
+    to retry after a backend 401, so a request sent in its place must report
+    there. Keys of an earlier attempt that ``sent`` did not set are removed.
+    """
+    for name in (BACKEND_STATUS, BACKEND_SESSION_ID):
+        ctx.attributes.pop(name, None)
+    ctx.attributes.update(sent.attributes)
 
 
 async def read_messages(

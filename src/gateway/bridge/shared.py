@@ -21,6 +21,7 @@ import structlog
 
 from gateway.bridge.backend_era import GATEWAY_CLIENT_INFO
 from gateway.bridge.derived import (
+    adopt_outcome,
     derived_context,
     error_of,
     finish_unsent,
@@ -53,7 +54,7 @@ log = structlog.get_logger("gateway.bridge.shared")
 
 NAMESPACE = "shared_backend_session"
 CANCEL_SECONDS = 5.0
-"""Longest wait for the backend to take a ``notifications/cancelled``."""
+"""Maximum seconds to wait for the backend to accept ``notifications/cancelled``."""
 
 
 class SharedSession(msgspec.Struct, kw_only=True):
@@ -103,7 +104,7 @@ class SharedSessionBridge:
     async def handle(
         self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
     ) -> GatewayResponse:
-        """Answer one 2026-07-28 message from the shared backend session."""
+        """Handle one 2026-07-28 message through the shared backend session."""
         message = ctx.message
         key = _key(ctx)
         if message is None or message.kind == "response":
@@ -169,15 +170,12 @@ class SharedSessionBridge:
         try:
             response = await call_next(sent)
         except anyio.get_cancelled_exc_class():
-            # The client left before the backend answered: 2026-07-28 counts
+            # The client left before the backend responded: 2026-07-28 counts
             # that as cancelling the request.
             with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_SECONDS):
                 await self._cancel(ctx, call_next, session, backend_id, "client left")
             raise
-        # The exchange stage reads the backend status to retry after a 401.
-        for name in (BACKEND_STATUS, BACKEND_SESSION_ID):
-            ctx.attributes.pop(name, None)
-        ctx.attributes.update(sent.attributes)
+        adopt_outcome(ctx, sent)
 
         def restore(item: dict[str, Any]) -> dict[str, Any] | None:
             if item.get("id") != backend_id or "method" in item:

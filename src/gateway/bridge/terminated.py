@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from gateway.bridge.backend_era import Discovery
-from gateway.bridge.derived import derived_context
+from gateway.bridge.derived import adopt_outcome, derived_context
 from gateway.bridge.shared import id_key
 from gateway.context import RequestContext
 from gateway.mcp.eras import (
@@ -32,7 +32,6 @@ from gateway.mcp.jsonrpc import encode
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
 from gateway.mcp.sse import aclose_stream, transform_messages
 from gateway.sessions import SessionRecord
-from gateway.stages.forward import BACKEND_SESSION_ID, BACKEND_STATUS
 from pipeline import Next
 
 log = structlog.get_logger("gateway.bridge.terminated")
@@ -43,7 +42,7 @@ GET_ALLOW = "POST, DELETE"
 def initialize_result(
     params: dict[str, Any], discovery: Discovery, backend_name: str
 ) -> dict[str, Any]:
-    """Build the ``InitializeResult`` the gateway answers for a 2026-07-28 backend.
+    """Build the ``InitializeResult`` the gateway returns for a 2026-07-28 backend.
 
     The client's requested version is agreed to when it is a handshake
     revision, else the latest one.
@@ -94,7 +93,7 @@ class TerminatedSessions:
         call_next: Next[RequestContext, GatewayResponse],
         record: SessionRecord,
     ) -> GatewayResponse:
-        """Answer one message of a gateway-held session."""
+        """Handle one message of a gateway-held session."""
         if ctx.http_method == "GET":
             return jsonrpc_error_response(
                 405,
@@ -131,9 +130,7 @@ class TerminatedSessions:
             envelope=envelope,
         )
         response = await call_next(sent)
-        for name in (BACKEND_STATUS, BACKEND_SESSION_ID):
-            ctx.attributes.pop(name, None)
-        ctx.attributes.update(sent.attributes)
+        adopt_outcome(ctx, sent)
         relay = response.stream
         response = transform_messages(response, _handshake_message)
         stream = relay

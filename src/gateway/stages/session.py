@@ -97,7 +97,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         if ctx.http_method == "POST" and ctx.mcp_method == "initialize":
             if self._eras.refuses_handshake(ctx):
                 return await self._initialize_terminated(ctx, call_next, None)
-            return await self._initialize(ctx, call_next, principal, agent)
+            return await self._initialize(ctx, call_next)
 
         message_id = ctx.message.id if ctx.message is not None else None
         if not ctx.session_id:
@@ -194,31 +194,8 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             if discovery is None:
                 # It refused initialize, yet does not serve 2026-07-28 either.
                 return failure_response(ctx, "backend_unavailable")
-        principal: Principal = ctx.fact(PRINCIPAL)
-        agent: AgentIdentity = ctx.fact(AGENT)
         response = initialize_response(message.id, params, discovery, ctx.backend_name)
-        requested = params.get("protocolVersion")
-        record = await ctx.runtime.sessions.create(
-            user_iss=principal.iss,
-            user_sub=principal.sub,
-            agent_id=agent.id,
-            backend=ctx.backend_name,
-            backend_session_id=None,
-            protocol_version=requested if isinstance(requested, str) else None,
-            initialize_params=params,
-            backend_era="stateless",
-        )
-        response.headers["mcp-session-id"] = record.gateway_session_id
-        ctx.response_session_id = record.gateway_session_id
-        await ctx.runtime.publish(
-            SessionCreated(
-                session=session_ref(record.gateway_session_id),
-                **{
-                    **ctx.event_fields(self.name),
-                    "protocol_version": record.protocol_version,
-                },
-            )
-        )
+        await self._open_session(ctx, response, None, backend_era="stateless")
         return response
 
     async def _resume(
@@ -253,12 +230,7 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
         self,
         ctx: RequestContext,
         call_next: Next[RequestContext, GatewayResponse],
-        principal: Principal,
-        agent: AgentIdentity,
     ) -> GatewayResponse:
-        params = ctx.message.params if ctx.message is not None else {}
-        requested = params.get("protocolVersion")
-        version = requested if isinstance(requested, str) else None
         # initialize is the negotiation itself and carries no version header.
         ctx.provide(
             BACKEND_SESSION,
@@ -272,14 +244,41 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
             return await self._initialize_terminated(ctx, call_next, None)
         if not initialize_accepted(ctx, response):
             return response
+        await self._open_session(
+            ctx,
+            response,
+            ctx.attributes.get(BACKEND_SESSION_ID),
+            backend_era="handshake",
+        )
+        return response
+
+    async def _open_session(
+        self,
+        ctx: RequestContext,
+        response: GatewayResponse,
+        backend_session_id: str | None,
+        *,
+        backend_era: str,
+    ) -> None:
+        """Store a new session for an accepted ``initialize``.
+
+        Sets ``Mcp-Session-Id`` on ``response`` and publishes ``SessionCreated``
+        with the protocol version the client asked for.
+        """
+        principal: Principal = ctx.fact(PRINCIPAL)
+        agent: AgentIdentity = ctx.fact(AGENT)
+        params = ctx.message.params if ctx.message is not None else {}
+        requested = params.get("protocolVersion")
+        version = requested if isinstance(requested, str) else None
         record = await ctx.runtime.sessions.create(
             user_iss=principal.iss,
             user_sub=principal.sub,
             agent_id=agent.id,
             backend=ctx.backend_name,
-            backend_session_id=ctx.attributes.get(BACKEND_SESSION_ID),
+            backend_session_id=backend_session_id,
             protocol_version=version,
             initialize_params=params,
+            backend_era=backend_era,
         )
         response.headers["mcp-session-id"] = record.gateway_session_id
         ctx.response_session_id = record.gateway_session_id
@@ -289,7 +288,6 @@ class SessionStage(BaseStage[RequestContext, GatewayResponse]):
                 **{**ctx.event_fields(self.name), "protocol_version": version},
             )
         )
-        return response
 
     async def _delete(
         self,
