@@ -1,4 +1,4 @@
-"""Handshake-era clients of a 2026-07-28 backend: the gateway holds the session."""
+"""Handshake-era clients of a 2026-07-28 backend: the gateway keeps the session."""
 
 from __future__ import annotations
 
@@ -137,7 +137,8 @@ async def test_gateway_held_session_answers_ping_get_and_delete(
             json={"jsonrpc": "2.0", "id": 6, "method": "tools/list"},
             headers=headers,
         )
-    assert initialized.status_code == 202 and initialized.content == b""
+    assert initialized.status_code == 202
+    assert initialized.content == b""
     assert ping.json() == {"jsonrpc": "2.0", "id": 5, "result": {}}
     assert get.status_code == 405
     assert get.headers["allow"] == "POST, DELETE"
