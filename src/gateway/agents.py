@@ -25,10 +25,13 @@ class AgentResolver:
     ) -> AgentIdentity:
         """Return the agent a client is.
 
-        A client listed by id in ``agents.<name>.match.client_ids`` and
-        authenticated with a secret is ``verified``; a match on the DCR
-        ``client_name`` is ``self-asserted``; no match gives the ``default``
-        agent with trust ``unknown``.
+        A client listed by id in ``agents.<name>.match.client_ids`` is
+        ``verified`` when ``authenticated`` is set, that is when the client
+        proves its identity (see ``ClientRecord.identity_proven``: a
+        confidential pre-registered client, or a metadata document with https
+        redirect URIs on its own host), and ``self-asserted`` otherwise. A
+        match on the ``client_name`` is ``self-asserted``; no match gives the
+        ``default`` agent with trust ``unknown``.
         """
         for name, agent in self.config.agents.items():
             if client_id in agent.match.client_ids:

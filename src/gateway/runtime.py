@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gateway.oauth.grants import GrantStore
     from gateway.oauth.keys import SigningKeys
     from gateway.oauth.upstream import UpstreamClient
+    from gateway.oauth.upstream_clients import UpstreamClients
     from gateway.sessions import SessionStore
     from gateway.store import Store
 
@@ -69,6 +70,8 @@ class Runtime:
         agents: Maps OAuth clients to configured agents.
         backends: Per-backend runtime, by name.
         by_path: Backend name by gateway path.
+        upstream_clients: ``upstream`` and every agent's own client at the
+            IdP; None when the runtime has ``upstream`` only.
     """
 
     config: GatewayConfig
@@ -82,6 +85,7 @@ class Runtime:
     agents: AgentResolver
     backends: dict[str, BackendRuntime] = field(default_factory=dict)
     by_path: dict[str, str] = field(default_factory=dict)
+    upstream_clients: UpstreamClients | None = None
 
     @property
     def issuer(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Generic, Protocol, TypeVar
 
 import msgspec
@@ -48,6 +49,16 @@ class Store(Protocol):
 
     async def count(self, namespace: str) -> int:
         """Return how many live values a namespace holds."""
+        ...
+
+    def scan(self, namespace: str) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield the live ``(key, value)`` pairs of a namespace, in no set order.
+
+        For admin operations, not request paths, because it reads the whole
+        namespace. A value written or deleted while the scan runs may or may
+        not be yielded, as with Redis ``SCAN``. Every value live for the whole
+        scan is yielded once.
+        """
         ...
 
 
@@ -117,6 +128,14 @@ class MemoryStore:
         space = self._space(namespace)
         return sum(1 for _, exp in space.values() if exp is None or exp > now)
 
+    async def scan(self, namespace: str) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield the live ``(key, value)`` pairs of a namespace, in no set order."""
+        # A snapshot, so that callers may write to the namespace between items.
+        items = list(self._space(namespace).items())
+        for key, (value, expires) in items:
+            if expires is None or expires > time.monotonic():
+                yield key, value
+
 
 class TypedStore(Generic[T]):
     """A view of one namespace of a :class:`Store` holding one Struct type."""
@@ -150,3 +169,8 @@ class TypedStore(Generic[T]):
     async def delete(self, key: str) -> None:
         """Remove a value if present."""
         await self.store.delete(self.namespace, key)
+
+    async def scan(self) -> AsyncIterator[tuple[str, T]]:
+        """Yield the live ``(key, value)`` pairs; see :meth:`Store.scan`."""
+        async for key, raw in self.store.scan(self.namespace):
+            yield key, self._decoder.decode(raw)

@@ -48,7 +48,7 @@ def test_demo_check_exits_zero(
     result, _ = demo_run
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo check passed" in result.stdout
-    assert result.stdout.count("PASS") == 5
+    assert result.stdout.count("PASS") == 6
     assert "FAIL" not in result.stdout
 
 

@@ -174,7 +174,7 @@ async def test_registration_event_request_id_matches_response(
     assert attributes["url.path"] == "/oauth2/register"
     assert attributes["http.route"] == "/oauth2/register"
     assert attributes["http.response.status_code"] == 201
-    assert attributes["gateway.request_id"] == request_id
+    assert attributes["agent_proxy.request_id"] == request_id
 
 
 async def test_registration_without_traceparent_new_trace(

@@ -12,7 +12,13 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
-from gateway.config.model import AgentConfig, BackendConfig, GatewayConfig
+from gateway.config.identity_checks import identity_problems
+from gateway.config.model import (
+    AgentConfig,
+    BackendConfig,
+    GatewayConfig,
+    OAuthClientConfig,
+)
 from gateway.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -103,7 +109,11 @@ def _interpolate(
     return value
 
 
-_ENTRY_TYPES: dict[str, Any] = {"backends": BackendConfig, "agents": AgentConfig}
+_ENTRY_TYPES: dict[str, Any] = {
+    "backends": BackendConfig,
+    "agents": AgentConfig,
+    "oauth.clients": OAuthClientConfig,
+}
 
 
 def _locate(exc: msgspec.ValidationError, raw: Any) -> str:
@@ -114,9 +124,10 @@ def _locate(exc: msgspec.ValidationError, raw: Any) -> str:
     """
     text = str(exc)
     for section, entry_type in _ENTRY_TYPES.items():
-        if f"$.{section}[...]" not in text or not isinstance(raw.get(section), dict):
+        entries = _lookup(raw, section)
+        if f"$.{section}[...]" not in text or not isinstance(entries, dict):
             continue
-        for key, entry in raw[section].items():
+        for key, entry in entries.items():
             try:
                 msgspec.convert(entry, entry_type, str_keys=True, strict=False)
             except msgspec.ValidationError as inner:
@@ -211,6 +222,7 @@ def _check_semantics(config: GatewayConfig) -> list[str]:
                     f"agents.{agent_name}.tools.{backend_name}: unknown backend "
                     f"{backend_name!r}; known backends: {known}"
                 )
+    problems.extend(identity_problems(config))
     return problems
 
 

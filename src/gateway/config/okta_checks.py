@@ -110,6 +110,7 @@ def okta_warnings(
     warnings.extend(_check_upstream(config.upstream, uses_id_jag=bool(id_jag)))
     for name, auth in id_jag.items():
         warnings.extend(_check_id_jag(f"backends.{name}.auth", auth, config))
+    warnings.extend(_check_agent_upstreams(config))
     if raw is not None:
         warnings.extend(_check_inline_secrets(raw))
     return warnings
@@ -299,6 +300,37 @@ def _check_resource(
             "resource byte for byte with the managed connection and answers a "
             "difference with invalid_target ('Resource mismatch'), so keep it "
             "only if the resource in Okta is written the same way",
+        )
+
+
+def _check_agent_upstreams(config: GatewayConfig) -> Iterator[ConfigWarning]:
+    # Only a verified agent signs users in through its own upstream client.
+    # An agent is verified through a confidential pre-registered client or a
+    # client metadata document (an https client_id) listed in its client_ids.
+    verifiable = {
+        client_id
+        for client_id, client in config.oauth.clients.items()
+        if client.token_endpoint_auth_method != "none"
+    }
+    for name, agent in config.agents.items():
+        if agent.upstream is None:
+            continue
+        ids = agent.match.client_ids
+        if any(i in verifiable or i.startswith("https://") for i in ids):
+            continue
+        if ids:
+            problem = (
+                f"none of agents.{name}.match.client_ids {ids!r} is a confidential "
+                "oauth.clients entry or a client metadata document URL"
+            )
+        else:
+            problem = f"agents.{name}.match.client_ids is empty"
+        yield ConfigWarning(
+            "agent_upstream_unused",
+            f"agents.{name}.upstream",
+            f"{problem}, so agent {name!r} is never verified and its own "
+            "upstream client is never used; pre-register the agent's client in "
+            "oauth.clients and list its id in match.client_ids",
         )
 
 

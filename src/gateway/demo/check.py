@@ -7,6 +7,7 @@ allows. The audit file is checked last.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +17,17 @@ from typing import Any
 import anyio
 import msgspec
 
-from gateway.demo.driver import CallReport, SignInRefused, run_client
+from gateway.config import IdJagAuth
+from gateway.demo.driver import (
+    CallReport,
+    SignInRefused,
+    pre_registered_storage,
+    run_client,
+)
 from gateway.demo.runner import DemoStack
+
+VERIFIED_CLIENT = "cursor-desktop"
+"""The demo's pre-registered client, which makes ``cursor`` a verified agent."""
 
 REQUIRED_EVENTS = (
     "RequestAuthenticated",
@@ -51,6 +61,7 @@ async def run_checks(stack: DemoStack, *, echo: Callable[[str], None] = print) -
         _cursor_partners,
         _claude_code_partners_refused,
         _claude_code_employees,
+        _verified_cursor_employees,
     ]
     for step in steps:
         result = await step(stack)
@@ -135,6 +146,32 @@ async def _claude_code_employees(stack: DemoStack) -> StepResult:
     return _result(name, problems, report)
 
 
+async def _verified_cursor_employees(stack: DemoStack) -> StepResult:
+    name = "cursor-desktop, a verified cursor, reaches employees through its own client"
+    client = stack.config.oauth.clients[VERIFIED_CLIENT]
+    auth = stack.config.backends["employees"].auth
+    assert isinstance(auth, IdJagAuth)
+    expected = auth.agent_clients["cursor"].client_id
+    try:
+        report = await run_client(
+            stack.mcp_url("employees"),
+            client_name="cursor",
+            calls=[("list_employees", {})],
+            storage=pre_registered_storage(VERIFIED_CLIENT, client.client_secret),
+        )
+    except Exception as exc:
+        return StepResult(name, False, _describe(exc))
+    problems = _expect_calls(report, ["list_employees"])
+    if not problems:
+        caller = json.loads(report.results["list_employees"][1])["requested_by"]
+        if caller.get("client_id") != expected:
+            problems.append(
+                f"the backend saw client {caller.get('client_id')!r}, not the "
+                f"agent's own {expected!r}"
+            )
+    return _result(name, problems, report)
+
+
 def _salary_args() -> dict[str, Any]:
     return {"employee_id": "E001", "amount": 1}
 
@@ -176,6 +213,12 @@ def _check_audit(path: Path) -> StepResult:
             missing.append(kind)
     if not any(e.get("type") == "TokenExchanged" and e.get("cache") for e in events):
         missing.append("TokenExchanged with a cache result")
+    if not any(
+        e.get("type") == "AgentIdentified"
+        and (e.get("agent") or {}).get("trust") == "verified"
+        for e in events
+    ):
+        missing.append("AgentIdentified of a verified agent")
     if missing:
         return StepResult(name, False, f"missing events: {', '.join(missing)}")
     return StepResult(name, True, f"{len(events)} events in {path}")

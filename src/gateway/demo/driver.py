@@ -68,6 +68,27 @@ class MemoryTokenStorage:
         self.client_info = client_info
 
 
+def pre_registered_storage(
+    client_id: str, client_secret: str, *, client_name: str | None = None
+) -> MemoryTokenStorage:
+    """Return a storage holding a pre-registered confidential client.
+
+    The official client then skips dynamic registration and authenticates
+    at the token endpoint with HTTP Basic.
+    """
+    storage = MemoryTokenStorage()
+    storage.client_info = OAuthClientInformationFull(
+        client_id=client_id,
+        client_secret=client_secret,
+        client_name=client_name,
+        redirect_uris=[REDIRECT_URI],  # type: ignore[list-item]
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+        token_endpoint_auth_method="client_secret_basic",
+    )
+    return storage
+
+
 @dataclass
 class BrowserDriver:
     """Plays the user's browser for one sign-in.

@@ -190,6 +190,21 @@ class GrantStore:
             raise _busy(exc) from exc
         return token
 
+    def revoke_user(self, user: str) -> int:
+        """Revoke every refresh token family of a user; return how many were live.
+
+        Args:
+            user: Key of the user in the settings.
+        """
+        families = {
+            id(record.grant.family): record.grant.family
+            for record in self._refresh.values()
+            if record.grant.user == user and not record.grant.family.revoked
+        }
+        for family in families.values():
+            family.revoked = True
+        return len(families)
+
     def rotate_refresh_token(self, token: str, *, client_id: str) -> RefreshGrant:
         """Consume a refresh token and return its grant, for the caller to reissue.
 

@@ -60,6 +60,13 @@ class ExpiringStore(Generic[V]):
         self._entries.pop(key, None)
         return value
 
+    def values(self) -> list[V]:
+        """Return the values of every entry that has not expired."""
+        now = self._clock()
+        return [
+            value for expires_at, value in self._entries.values() if expires_at > now
+        ]
+
     def purge(self) -> None:
         """Drop every expired entry."""
         now = self._clock()

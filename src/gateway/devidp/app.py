@@ -10,6 +10,9 @@ import structlog
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.middleware import DefineMiddleware
+
+from gateway.asgi_tracing import ServerSpanMiddleware
 
 from ._http import json_response
 from .backend_as import BackendAuthorizationServer
@@ -79,6 +82,7 @@ def create_devidp_app(
         logging_config=None,
         request_max_body_size=_MAX_BODY_SIZE,
         state=State({"org": org}),
+        middleware=[DefineMiddleware(ServerSpanMiddleware, component="devidp")],
     )
 
 

@@ -112,6 +112,29 @@ class OrgAuthorizationServer:
         logger.info("devidp.key_rotated", kid=new.kid, published=1 + len(self._retired))
         return new
 
+    def end_sessions(self, user: str) -> int:
+        """End a user's sessions, as an admin signing the user out everywhere does.
+
+        Every refresh token issued to the user is revoked, so the next refresh
+        gets ``invalid_grant``. ID tokens already issued stay valid until they
+        expire, as at a real IdP.
+
+        Args:
+            user: Key of the user in the settings, such as ``alice``.
+
+        Returns:
+            How many refresh token families were revoked.
+
+        Raises:
+            KeyError: The user is not in the settings.
+        """
+        if user not in self._settings.users:
+            msg = f"unknown user {user!r}; known: {sorted(self._settings.users)!r}"
+            raise KeyError(msg)
+        ended = self._grants.revoke_user(user)
+        logger.info("devidp.sessions_ended", user=user, refresh_families=ended)
+        return ended
+
     def metadata(self) -> dict[str, Any]:
         """Return the RFC 8414 / OpenID Connect Discovery metadata."""
         issuer = self._settings.issuer

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 __all__ = [
+    "DEMO_AGENTS",
     "DevBackendAS",
     "DevClient",
     "DevIdpSettings",
@@ -250,40 +251,73 @@ class DevIdpSettings(
         return f"{self.issuer}/oauth2/{backend.name}"
 
 
+DEMO_AGENTS = ("cursor", "claude-code", "inspector")
+"""The demo agents; each has an org client ``<agent>-agent`` of its own."""
+
+
 def demo_settings(
     issuer: str = "http://127.0.0.1:9000",
     gateway_url: str = "http://127.0.0.1:8000",
     employees_resource: str = "http://127.0.0.1:8001/mcp",
 ) -> DevIdpSettings:
-    """Return the settings of the demo: one gateway client, one ``employees`` backend.
+    """Return the demo settings: org clients and one ``employees`` backend.
+
+    The gateway's client is ``agent-proxy`` (secret ``agent-proxy-dev-secret``).
+    Each demo agent has its own org client ``<agent>-agent`` (secret
+    ``<agent>-agent-dev-secret``), as an AI agent has its own app in an Okta
+    org. At ``employees`` each org client maps to a client of its own:
+    ``agent-proxy-at-employees`` (secret ``employees-dev-secret``) and
+    ``<agent>-at-employees`` (secret ``<agent>-employees-dev-secret``), so an
+    ID-JAG names the agent that requested it.
 
     Args:
         issuer: Issuer of the org authorization server.
-        gateway_url: The gateway's public URL; its callback is the redirect URI.
+        gateway_url: The gateway's public URL; its callback is the redirect URI
+            of every org client.
         employees_resource: RFC 9728 resource of the employees MCP server.
     """
-    return DevIdpSettings(
-        issuer=issuer,
-        clients=[
+    callback = f"{gateway_url}/oauth2/callback"
+    org_clients = [
+        DevClient(
+            client_id="agent-proxy",
+            client_secret="agent-proxy-dev-secret",
+            redirect_uris=[callback],
+            token_endpoint_auth_method="client_secret_basic",
+        )
+    ]
+    employees_clients = [
+        DevRasClient(
+            client_id="agent-proxy-at-employees",
+            client_secret="employees-dev-secret",
+        )
+    ]
+    mapping = {"agent-proxy": "agent-proxy-at-employees"}
+    for agent in DEMO_AGENTS:
+        org_clients.append(
             DevClient(
-                client_id="agent-proxy",
-                client_secret="agent-proxy-dev-secret",
-                redirect_uris=[f"{gateway_url}/oauth2/callback"],
+                client_id=f"{agent}-agent",
+                client_secret=f"{agent}-agent-dev-secret",
+                redirect_uris=[callback],
                 token_endpoint_auth_method="client_secret_basic",
             )
-        ],
+        )
+        employees_clients.append(
+            DevRasClient(
+                client_id=f"{agent}-at-employees",
+                client_secret=f"{agent}-employees-dev-secret",
+            )
+        )
+        mapping[f"{agent}-agent"] = f"{agent}-at-employees"
+    return DevIdpSettings(
+        issuer=issuer,
+        clients=org_clients,
         backends=[
             DevBackendAS(
                 name="employees",
                 resource=employees_resource,
                 scopes=["employees:read", "employees:write"],
-                clients=[
-                    DevRasClient(
-                        client_id="agent-proxy-at-employees",
-                        client_secret="employees-dev-secret",
-                    )
-                ],
-                client_mapping={"agent-proxy": "agent-proxy-at-employees"},
+                clients=employees_clients,
+                client_mapping=mapping,
             )
         ],
     )

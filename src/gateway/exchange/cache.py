@@ -23,7 +23,12 @@ __all__ = ["CacheKey", "CachedToken", "TokenCache"]
 
 
 class CacheKey(NamedTuple):
-    """Key of a cached backend token: user, agent, backend, audience and scope."""
+    """Key of a cached backend token: user, agent, backend, audience and scope.
+
+    ``upstream_client`` is the upstream client the user signed in through (a
+    verified agent's own client, or empty for the gateway's), so a token
+    obtained through one client is never served to a sign-in through another.
+    """
 
     user_iss: str
     user_sub: str
@@ -31,6 +36,7 @@ class CacheKey(NamedTuple):
     backend: str
     audience: str
     scope: str
+    upstream_client: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import structlog
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
 
@@ -40,12 +41,15 @@ from gateway.oauth.redirects import redirect_uri_matches
 from gateway.oauth.resources import backend_for_resource
 from gateway.oauth.responses import html_response
 from gateway.oauth.transactions import CONSENT_TTL, AuthorizationRequest, FlowState
+from gateway.oauth.upstream_clients import upstream_clients
 from gateway.stages.authorize import known_scopes
 
 if TYPE_CHECKING:
     from litestar.datastructures import MultiDict
 
     from gateway.runtime import Runtime
+
+log = structlog.get_logger("gateway.oauth")
 
 MAX_PARAMETER_LENGTH = 2000
 _RESTART = "Start the sign-in again from your application."
@@ -60,6 +64,9 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
     Pre-approved clients skip the page and go straight to the IdP, and so
     does a browser whose user approved this client for this backend before
     (published as ``ConsentGranted`` with reason ``remembered_consent``).
+    The upstream client that will sign the user in is chosen here: a
+    verified agent's own client when the agent has one, the gateway's
+    otherwise. The log line ``oauth.upstream_client_chosen`` names it.
     Publishes ``AuthorizationRequested``, and ``AuthorizationRejected`` when
     the request is refused after the redirect URI was verified.
     """
@@ -174,6 +181,18 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
         agent_id=agent.id,
         agent_verified=agent.verified,
         agent_trust=agent.trust,
+        upstream_client_id=upstream_clients(runtime).choose(
+            agent.id, verified=agent.verified
+        ),
+    )
+    log.info(
+        "oauth.upstream_client_chosen",
+        client_id=record.client_id,
+        agent_id=agent.id,
+        agent_trust=agent.trust,
+        upstream_client_id=auth_request.upstream_client_id
+        or runtime.upstream.client_id,
+        agent_own_client=auth_request.upstream_client_id is not None,
     )
     await runtime.publish(
         AuthorizationRequested(

@@ -17,6 +17,10 @@ from gateway.oauth.consents import cookie_name as consent_cookie_name
 from gateway.oauth.flow import agent_ref, client_redirect, refuse_page, reject
 from gateway.oauth.grants import Grant
 from gateway.oauth.transactions import FlowState
+from gateway.oauth.upstream_clients import (
+    UnknownUpstreamClientError,
+    upstream_clients,
+)
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -97,8 +101,22 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
             stage=_STAGE,
         )
     try:
-        claims, tokens = await runtime.upstream.exchange_code(
+        # The client that started the sign-in redeems the code, so the ID
+        # token's aud is that client.
+        client = upstream_clients(runtime).get(auth_request.upstream_client_id)
+        claims, tokens = await client.exchange_code(
             code, transaction.code_verifier, nonce=transaction.nonce
+        )
+    except UnknownUpstreamClientError as exc:
+        log.warning("oauth.upstream_client_unknown", error=str(exc))
+        return await reject(
+            runtime,
+            auth_request,
+            "server_error",
+            "the upstream client of this sign-in is no longer configured",
+            reason="upstream_client_unknown",
+            outcome="error",
+            stage=_STAGE,
         )
     except ExchangeError as exc:
         log.warning("oauth.upstream_code_rejected", oauth_error=exc.oauth_error)
@@ -167,6 +185,7 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
         upstream_id_token=tokens.id_token,
         id_token_expires_at=tokens.id_token_expires_at,
         upstream_refresh_token=tokens.refresh_token,
+        upstream_client_id=auth_request.upstream_client_id,
         created_at=now,
         expires_at=now + runtime.config.signing.refresh_token_ttl,
     )
@@ -178,6 +197,7 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
         grant_id=grant.grant_id,
         backend=auth_request.backend,
         agent_id=grant.agent_id,
+        upstream_client_id=client.client_id,
     )
     await runtime.publish(
         UserSignedIn(
@@ -187,6 +207,7 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
             backend=auth_request.backend,
             client_id=grant.client_id,
             grant_id=grant.grant_id,
+            upstream_client_id=client.client_id,
         )
     )
     response = client_redirect(runtime, auth_request, {"code": code})

@@ -6,14 +6,23 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+import structlog
 
 from gateway.oauth.redirects import redirect_uri_problem
 from gateway.store import Store, TypedStore
 
-ClientAuthMethod = Literal["none", "client_secret_post", "client_secret_basic"]
+if TYPE_CHECKING:
+    from gateway.config.model import OAuthClientConfig
+
+log = structlog.get_logger("gateway.oauth")
+
+ClientAuthMethod = Literal[
+    "none", "client_secret_post", "client_secret_basic", "private_key_jwt"
+]
 
 AUTH_METHODS: tuple[ClientAuthMethod, ...] = (
     "none",
@@ -38,7 +47,8 @@ class ClientRecord(msgspec.Struct, kw_only=True):
         client_name: The name the client gave itself; agent rules may match it.
         redirect_uris: Registered redirect URIs.
         token_endpoint_auth_method: ``none`` for public clients, else how the
-            client sends its secret.
+            client authenticates: with its secret, or, for a pre-registered
+            client only, with a ``private_key_jwt`` assertion.
         grant_types: Grants the client may use.
         created_at: Registration time, epoch seconds.
         pre_approved: Whether users skip the consent page for this client;
@@ -54,6 +64,10 @@ class ClientRecord(msgspec.Struct, kw_only=True):
         document_redirects_verified: For a metadata document, whether every
             redirect URI is https on the document's own host, which makes the
             client's identity verified.
+        pre_registered: Whether the client comes from ``oauth.clients`` in
+            the config rather than from dynamic registration.
+        jwks: For ``private_key_jwt``, the public JWK Set that verifies the
+            client's assertions.
     """
 
     client_id: str
@@ -68,17 +82,21 @@ class ClientRecord(msgspec.Struct, kw_only=True):
     ttl: int | None = None
     metadata_document: bool = False
     document_redirects_verified: bool = False
+    pre_registered: bool = False
+    jwks: dict[str, Any] | None = None
 
     @property
     def identity_proven(self) -> bool:
         """Whether the client proves who it is.
 
-        A confidential client proves it with its secret, and a metadata
-        document client by redirect URIs on the host that serves its document.
+        A confidential pre-registered client proves it by authenticating at
+        the token endpoint, and a metadata document client by redirect URIs
+        on the host that serves its document. A dynamically registered client
+        proves nothing: anyone may register any name.
         """
         if self.metadata_document:
             return self.document_redirects_verified
-        return not self.is_public
+        return self.pre_registered and not self.is_public
 
     @property
     def is_public(self) -> bool:
@@ -106,25 +124,40 @@ class RegistrationError(Exception):
 
 
 class ClientRegistry:
-    """Registered clients in the state store (namespace ``client``).
+    """Registered clients in the state store.
 
-    A dynamically registered client expires after its ``ttl`` unless it is
-    used: every lookup, at each authorization request and each token request,
-    writes it again with a fresh ``ttl``. Pre-registered clients never
-    expire. Because every lookup rewrites the record, a client in use is also
-    the last the store's per-namespace bound evicts, since the store evicts
-    the least recently written entries first.
+    A dynamically registered client (namespace ``client``) expires after its
+    ``ttl`` unless it is used: every lookup, at each authorization request
+    and each token request, writes it again with a fresh ``ttl``. Because
+    every lookup rewrites the record, a client in use is also the last the
+    store's per-namespace bound evicts, since the store evicts the least
+    recently written entries first.
+
+    Pre-registered clients live in a namespace of their own
+    (``client_preregistered``), which only :meth:`load_pre_registered`
+    writes. So they never expire, a flood of registrations cannot evict them,
+    and a lookup finds them before any registered client of the same id.
     """
 
     NAMESPACE = "client"
+    PRE_REGISTERED_NAMESPACE = "client_preregistered"
+    _INDEX_NAMESPACE = "client_preregistered_index"
+    _INDEX_KEY = "ids"
 
     def __init__(self, store: Store) -> None:
+        self._store = store
         self._clients = TypedStore(store, self.NAMESPACE, ClientRecord)
+        self._configured = TypedStore(
+            store, self.PRE_REGISTERED_NAMESPACE, ClientRecord
+        )
 
     async def get(self, client_id: str) -> ClientRecord | None:
         """Return a client and restart its ``ttl``, or None when unknown or expired."""
         if not client_id or len(client_id) > 200:
             return None
+        record = await self._configured.get(client_id)
+        if record is not None:
+            return record
         record = await self._clients.get(client_id)
         if record is not None and record.ttl is not None:
             await self.save(record)
@@ -134,9 +167,62 @@ class ClientRegistry:
         """Store a client, replacing one with the same id.
 
         The record expires after ``record.ttl`` seconds, or never when it is
-        None (pre-registration).
+        None. A pre-registered record goes to the pre-registered namespace.
         """
-        await self._clients.set(record.client_id, record, ttl=record.ttl)
+        clients = self._configured if record.pre_registered else self._clients
+        await clients.set(record.client_id, record, ttl=record.ttl)
+
+    async def load_pre_registered(
+        self,
+        clients: Mapping[str, OAuthClientConfig],
+        *,
+        jwks: Mapping[str, dict[str, Any]] | None = None,
+    ) -> list[ClientRecord]:
+        """Store the ``oauth.clients`` of the config, replacing earlier ones.
+
+        Clients that an earlier start stored but the config no longer lists
+        are deleted, so removing a client from the config ends its access
+        even with a persistent store.
+
+        Args:
+            clients: The configured clients by ``client_id``.
+            jwks: The public JWK Set of each ``private_key_jwt`` client, by
+                ``client_id``.
+
+        Returns:
+            The stored records.
+        """
+        jwks = jwks or {}
+        now = int(time.time())
+        records = []
+        for client_id, client in clients.items():
+            record = ClientRecord(
+                client_id=client_id,
+                client_name=client.client_name,
+                redirect_uris=list(client.redirect_uris),
+                token_endpoint_auth_method=client.token_endpoint_auth_method,
+                grant_types=sorted(set(client.grant_types), key=GRANT_TYPES.index),
+                created_at=now,
+                secret_hash=(
+                    hash_secret(client.client_secret) if client.client_secret else None
+                ),
+                scope=client.scope,
+                ttl=None,
+                pre_registered=True,
+                jwks=jwks.get(client_id),
+            )
+            await self.save(record)
+            records.append(record)
+        previous = await self._store.get(self._INDEX_NAMESPACE, self._INDEX_KEY)
+        if previous is not None:
+            for client_id in msgspec.json.decode(previous, type=list[str]):
+                if client_id not in clients:
+                    await self._configured.delete(client_id)
+                    log.info("oauth.pre_registered_client_removed", client_id=client_id)
+        await self._store.set(
+            self._INDEX_NAMESPACE, self._INDEX_KEY, msgspec.json.encode(list(clients))
+        )
+        return records
 
     async def register(
         self, metadata: Any, *, ttl: int | None = DEFAULT_CLIENT_TTL
@@ -156,6 +242,10 @@ class ClientRegistry:
             RegistrationError: The metadata is invalid.
         """
         record = validate_metadata(metadata)
+        # A random 192-bit id does not collide in practice, but a pre-registered
+        # client must never be shadowed, so a taken id is drawn again.
+        while await self.get(record.client_id) is not None:
+            record.client_id = secrets.token_urlsafe(24)
         secret: str | None = None
         if not record.is_public:
             secret = secrets.token_urlsafe(32)

@@ -160,12 +160,41 @@ class ConsentStore:
         """Return a user's approval of a client, or None."""
         return await self._consents.get(_consent_key(user_iss, user_sub, client_id))
 
-    async def revoke(self, user_iss: str, user_sub: str, client_id: str) -> None:
+    async def revoke(self, user_iss: str, user_sub: str, client_id: str) -> bool:
         """Forget a user's approval of a client; the next sign-in shows the page.
 
         Grants already issued stay valid; end them with the grant store.
+
+        Returns:
+            Whether there was an approval to forget.
         """
-        await self._consents.delete(_consent_key(user_iss, user_sub, client_id))
+        key = _consent_key(user_iss, user_sub, client_id)
+        if await self._consents.get(key) is None:
+            return False
+        await self._consents.delete(key)
+        return True
+
+    async def find(
+        self,
+        *,
+        user_iss: str | None = None,
+        user_sub: str | None = None,
+        client_id: str | None = None,
+    ) -> list[ConsentRecord]:
+        """Return the approvals that match every argument that is not None.
+
+        This reads every approval in the store, so it is for admin commands
+        and not for request paths.
+        """
+
+        def matches(record: ConsentRecord) -> bool:
+            return (
+                (user_iss is None or record.user_iss == user_iss)
+                and (user_sub is None or record.user_sub == user_sub)
+                and (client_id is None or record.client_id == client_id)
+            )
+
+        return [record async for _, record in self._consents.scan() if matches(record)]
 
 
 def cookie_name(issuer: str) -> str:

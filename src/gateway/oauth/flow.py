@@ -19,6 +19,10 @@ from gateway.oauth.transactions import (
     FlowState,
     UpstreamTransaction,
 )
+from gateway.oauth.upstream_clients import (
+    UnknownUpstreamClientError,
+    upstream_clients,
+)
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -154,14 +158,30 @@ async def reject(
 async def redirect_upstream(
     runtime: Runtime, request: AuthorizationRequest, *, stage: str
 ) -> Response[bytes]:
-    """Redirect to the IdP with the gateway's own ``state``, ``nonce`` and PKCE."""
+    """Redirect to the IdP with the gateway's own ``state``, ``nonce`` and PKCE.
+
+    The authorization URL names the upstream client chosen at authorize.
+    """
+    try:
+        client = upstream_clients(runtime).get(request.upstream_client_id)
+    except UnknownUpstreamClientError as exc:
+        log.warning("oauth.upstream_client_unknown", error=str(exc))
+        return await reject(
+            runtime,
+            request,
+            "server_error",
+            "the upstream client chosen for this sign-in is no longer configured",
+            reason="upstream_client_unknown",
+            outcome="error",
+            stage=stage,
+        )
     verifier = pkce.new_code_verifier()
     nonce = pkce.new_code_verifier()
     state = await FlowState(runtime.store).start_upstream(
         UpstreamTransaction(request=request, nonce=nonce, code_verifier=verifier)
     )
     try:
-        url = await runtime.upstream.authorization_url(
+        url = await client.authorization_url(
             state=state,
             nonce=nonce,
             code_challenge=pkce.s256_challenge(verifier),

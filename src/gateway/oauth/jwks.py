@@ -84,6 +84,17 @@ class RemoteJwks:
             key = self._find(kid, alg)
         return key
 
+    async def load(self) -> int:
+        """Fetch the set unless a fresh copy is cached; return its number of keys.
+
+        Raises:
+            UpstreamError: ``idp_unavailable`` when the set was never loaded
+                and cannot be fetched now.
+        """
+        if self._keys is None or self._is_stale():
+            await self._refresh(forced=False)
+        return len(self._keys or [])
+
     async def replacement_for(self, failed: PublicKey, alg: str) -> PublicKey | None:
         """Return a new key for a ``kid`` whose cached key failed a signature.
 

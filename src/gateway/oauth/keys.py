@@ -1,159 +1,334 @@
-"""The keys that sign the gateway's access tokens, persisted across restarts.
+"""The keys that sign the gateway's access tokens: persisted, rotated, retired.
 
-The key file is a JWK Set of private keys, newest first. The newest key signs.
-Every key in the file is published in the JWKS, so tokens signed before a
-rotation stay verifiable until the old key is dropped from the file.
+The key file (:mod:`gateway.oauth.key_file`) is a JWK Set of private keys,
+newest first. The newest key signs, and every key in the file verifies and
+is published in the JWKS, so tokens signed before a rotation stay valid
+until their key is removed. When keys rotate and when retired keys are
+removed is decided by :mod:`gateway.oauth.key_schedule`.
 
-Another process sharing the key file (a second replica, or one restarted with
-another algorithm) may rotate it while this one runs. A token whose ``kid``
-these keys lack then makes :meth:`SigningKeys.reload_for_unknown_kid` read the
-file again: at most once per :data:`RELOAD_INTERVAL` seconds, shared by
-concurrent callers, and keeping the loaded keys when the file cannot be read.
+Several processes may share the key file (replicas, or ``agent-proxy keys
+rotate``). Each change is made under an exclusive lock on the file, after
+reading it again, so two processes never both rotate at the same moment or
+drop each other's keys. A running gateway loads changes made by others when
+:meth:`SigningKeys.check` finds the file rewritten (the gateway calls it
+every few seconds), and at once when a token names a ``kid`` it lacks: then
+:meth:`SigningKeys.reload_for_unknown_kid` reads the file again, at most
+once per :data:`RELOAD_INTERVAL` seconds, shared by concurrent callers, and
+keeping the loaded keys when the file cannot be read.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import math
 import pathlib
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 import structlog
 from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, RSAKey
-from joserfc.jws import extract_compact, validate_compact
+
+from gateway.oauth.jws import (
+    SUPPORTED_ALGORITHMS,
+    TokenVerificationError,
+    verify_compact_jws,
+)
+from gateway.oauth.key_file import (
+    FileVersion,
+    KeyEntry,
+    KeyFileSnapshot,
+    SigningKey,
+    file_version,
+    generate_key,
+    key_file_lock,
+    public_jwk,
+    read_key_file,
+    write_key_file,
+)
+from gateway.oauth.key_schedule import (
+    KeyRotation,
+    KeySchedule,
+    MaintenancePlan,
+    log_plan,
+    next_maintenance,
+    plan_maintenance,
+)
+
+__all__ = [
+    "SUPPORTED_ALGORITHMS",
+    "KeyEntry",
+    "KeyRotation",
+    "KeySchedule",
+    "SigningKey",
+    "SigningKeys",
+    "TokenVerificationError",
+    "generate_key",
+]
 
 log = structlog.get_logger("gateway.oauth.keys")
-
-SUPPORTED_ALGORITHMS = frozenset({"ES256", "RS256"})
-"""Algorithms the gateway signs with; verification never accepts others."""
-
-MAX_TOKEN_LENGTH = 16 * 1024
-"""Longer compact JWTs are rejected before any parsing."""
-
-MAX_KEYS = 3
-"""Keys kept in the file after a rotation: the new one and the newest old ones."""
 
 RELOAD_INTERVAL = 30.0
 """Minimum seconds between two reads of the key file caused by unknown ``kid``s."""
 
-SigningKey = ECKey | RSAKey
+RETRY_INTERVAL = 60
+"""Seconds before maintenance runs again after the key file could not be used."""
 
-
-class TokenVerificationError(Exception):
-    """A JWT whose signature cannot be verified.
-
-    Attributes:
-        reason: ``malformed``, ``algorithm_not_allowed``, ``unknown_key`` or
-            ``bad_signature``.
-    """
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+_read_key_file = read_key_file
 
 
 class SigningKeys:
     """The gateway's signing keys: the newest signs, all of them verify.
 
-    Create with :meth:`load_or_create`; the constructor takes already loaded
-    keys (newest first) and the file they belong to, if any.
+    Create with :meth:`load_or_create` (or :meth:`load` to inspect a file);
+    the constructor takes already loaded entries, newest first, and the file
+    they belong to, if any. ``clock`` returns the time in seconds since the
+    epoch for rotation and removal. It does not apply to token times, which
+    the caller checks.
     """
 
     def __init__(
         self,
-        keys: Sequence[SigningKey],
+        entries: Sequence[KeyEntry],
         *,
         path: pathlib.Path | None = None,
+        schedule: KeySchedule | None = None,
+        algorithm: str | None = None,
         reload_interval: float = RELOAD_INTERVAL,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        if not keys:
+        if not entries:
             msg = "SigningKeys needs at least one key"
             raise ValueError(msg)
-        for key in keys:
-            if not key.is_private:
+        for entry in entries:
+            if not entry.key.is_private:
                 msg = (
-                    f"signing key {key.kid!r} is a public key; a private key is needed"
+                    f"signing key {entry.kid!r} is a public key; "
+                    "a private key is needed"
                 )
                 raise ValueError(msg)
-        self._use(keys)
         self.path = path
+        self.schedule = schedule or KeySchedule()
+        self.clock = clock
+        self._algorithm = algorithm
         self._reload_interval = reload_interval
         self._reload_lock = anyio.Lock()
-        self._reloaded_at: float | None = None
-        self._reload_changed = False
+        self._kid_reload_at: float | None = None
+        self._generation = 0
+        self._seen_version: FileVersion | None = None
+        self._retry_at = -math.inf
+        self._rotations: deque[KeyRotation] = deque(maxlen=32)
+        self._use(entries)
 
-    def _use(self, keys: Sequence[SigningKey]) -> None:
-        self._keys: list[SigningKey] = list(keys)
-        self._by_kid: dict[str, SigningKey] = {_kid(key): key for key in self._keys}
+    def _use(self, entries: Sequence[KeyEntry]) -> None:
+        self._entries: list[KeyEntry] = list(entries)
+        self._by_kid: dict[str, SigningKey] = {e.kid: e.key for e in self._entries}
+        self._next_due = next_maintenance(self._entries, self.schedule)
 
     @classmethod
     def load_or_create(
-        cls, path: pathlib.Path, algorithm: str = "ES256"
+        cls,
+        path: pathlib.Path,
+        algorithm: str = "ES256",
+        *,
+        schedule: KeySchedule | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> SigningKeys:
         """Load the key file, creating it with a new key when it does not exist.
 
-        When the newest key in the file uses another algorithm than
-        ``algorithm``, a new key is generated and put first (a rotation), so
-        tokens signed by the old key keep verifying while it stays listed.
+        This is the start-up check: under the file lock, a signing key of
+        another algorithm than ``algorithm``, or one due for rotation by
+        ``schedule``, is replaced by a new key (the old one is retired and
+        keeps verifying), and expired retired keys are removed.
 
         Raises:
             ValueError: ``algorithm`` is not supported or the file is not a
                 JWK Set of private ES256/RS256 keys.
+            OSError: The file or its directory cannot be read or written.
         """
-        if algorithm not in SUPPORTED_ALGORITHMS:
-            msg = (
-                f"signing algorithm {algorithm!r} is not supported; "
-                f"use one of {sorted(SUPPORTED_ALGORITHMS)}"
-            )
-            raise ValueError(msg)
-        if path.exists():
-            keys = _read_key_file(path)
-            instance = cls(keys, path=path)
-            if keys[0].alg != algorithm:
-                log.info(
-                    "signing_keys.rotated",
-                    reason="algorithm_changed",
-                    old_kid=_kid(keys[0]),
-                    algorithm=algorithm,
+        _check_algorithm(algorithm)
+        schedule = schedule or KeySchedule()
+        now = int(clock())
+        previous: str | None = None
+        with key_file_lock(path):
+            if path.exists():
+                snapshot = _read_key_file(path)
+                previous = snapshot.entries[0].kid
+                plan = plan_maintenance(
+                    snapshot.entries, now=now, schedule=schedule, algorithm=algorithm
                 )
-                instance.rotate(algorithm)
-            return instance
-        instance = cls([generate_key(algorithm)], path=path)
-        instance.save()
-        log.info("signing_keys.created", path=str(path), kid=instance.kid)
+                version = snapshot.version
+                if plan.changed:
+                    version = write_key_file(path, plan.entries)
+            else:
+                plan = MaintenancePlan([KeyEntry(generate_key(algorithm), now)])
+                version = write_key_file(path, plan.entries)
+                log.info(
+                    "signing_keys.created", path=str(path), kid=plan.entries[0].kid
+                )
+        log_plan(plan, schedule)
+        instance = cls(
+            plan.entries, path=path, schedule=schedule, algorithm=algorithm, clock=clock
+        )
+        instance._seen_version = version
+        if plan.deferred:
+            instance._next_due = next_maintenance(plan.entries, schedule, deferred=True)
+        if plan.reason is not None and previous is not None:
+            instance._record(previous, plan.reason)
+        return instance
+
+    @classmethod
+    def load(
+        cls,
+        path: pathlib.Path,
+        *,
+        schedule: KeySchedule | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> SigningKeys:
+        """Read an existing key file as it is, changing nothing.
+
+        Raises:
+            FileNotFoundError: There is no file at ``path``.
+            ValueError: The file is not a JWK Set of private ES256/RS256 keys.
+        """
+        snapshot = _read_key_file(path)
+        instance = cls(snapshot.entries, path=path, schedule=schedule, clock=clock)
+        instance._seen_version = snapshot.version
         return instance
 
     @property
     def kid(self) -> str:
         """The ``kid`` of the key that signs new tokens."""
-        return _kid(self._keys[0])
+        return self._entries[0].kid
 
     @property
     def algorithm(self) -> str:
         """The algorithm of the key that signs new tokens."""
-        alg = self._keys[0].alg
-        assert alg is not None  # every loaded or generated key has "alg"
-        return alg
+        return self._entries[0].algorithm
 
-    def rotate(self, algorithm: str | None = None) -> None:
-        """Generate a new signing key and keep the previous ones for verification.
-
-        At most :data:`MAX_KEYS` keys are kept; the oldest are dropped. The key
-        file, if any, is rewritten.
-        """
-        key = generate_key(algorithm or self.algorithm)
-        self._use([key, *self._keys][:MAX_KEYS])
-        if self.path is not None:
-            self.save()
+    @property
+    def entries(self) -> list[KeyEntry]:
+        """The loaded keys with their times, newest first."""
+        return list(self._entries)
 
     def knows(self, kid: str) -> bool:
         """Return whether a key with this ``kid`` is loaded."""
         return kid in self._by_kid
+
+    def drain_rotations(self) -> list[KeyRotation]:
+        """Return the signing key changes seen since the last call, oldest first."""
+        rotations = list(self._rotations)
+        self._rotations.clear()
+        return rotations
+
+    def rotate(self, algorithm: str | None = None) -> None:
+        """Add a new signing key now and retire the current one.
+
+        With a key file, the file is read again and rewritten under its lock,
+        so keys another process added are kept. Expired retired keys are
+        removed, and when the file is full the oldest retired key goes early
+        (see :mod:`gateway.oauth.key_schedule`). This blocks on the lock.
+
+        Raises:
+            ValueError: ``algorithm`` is not supported or the file is invalid.
+            OSError: The key file cannot be read or written.
+        """
+        algorithm = algorithm or self._algorithm or self.algorithm
+        _check_algorithm(algorithm)
+        self._maintain_now(algorithm=algorithm, force=True)
+
+    async def check(self) -> None:
+        """Pick up a rewritten key file, then rotate or remove keys when due.
+
+        Run by the gateway every few seconds. Failures to read or write the
+        file are logged, leave the loaded keys in use, and are retried after
+        :data:`RETRY_INTERVAL` seconds.
+        """
+        if self.path is not None:
+            version = await anyio.to_thread.run_sync(file_version, self.path)
+            if version is not None and version != self._seen_version:
+                async with self._reload_lock:
+                    await self._reload()
+        now = self.clock()
+        if now < self._next_due or now < self._retry_at:
+            return
+        async with self._reload_lock:
+            previous = self.kid
+            try:
+                plan, found, version = await anyio.to_thread.run_sync(
+                    self._plan, None, False
+                )
+            except (OSError, ValueError) as exc:
+                self._retry_at = now + RETRY_INTERVAL
+                log.warning(
+                    "signing_keys.maintenance_failed",
+                    path=str(self.path),
+                    error=str(exc),
+                    retry_in=RETRY_INTERVAL,
+                )
+                return
+            self._finish(plan, found, version, previous)
+
+    def _maintain_now(self, algorithm: str | None = None, force: bool = False) -> None:
+        previous = self.kid
+        plan, found, version = self._plan(algorithm, force)
+        self._finish(plan, found, version, previous)
+
+    def _finish(
+        self,
+        plan: MaintenancePlan,
+        found: str,
+        version: FileVersion | None,
+        previous: str,
+    ) -> None:
+        """Log a plan this process carried out and use its keys."""
+        log_plan(plan, self.schedule)
+        reason = plan.reason
+        if reason is None and found != previous:
+            # Another process rotated the file since this one last read it.
+            reason = "key_file"
+        self._apply(plan.entries, version, previous, reason)
+        if plan.deferred:
+            self._next_due = next_maintenance(
+                self._entries, self.schedule, deferred=True
+            )
+
+    def _plan(
+        self, algorithm: str | None, force: bool
+    ) -> tuple[MaintenancePlan, str, FileVersion | None]:
+        """Plan maintenance and write its result to the key file, if any.
+
+        Safe to run in a worker thread: it reads this object but changes
+        only the file.
+
+        Returns:
+            The plan, the signing key's kid before the plan, and the version
+            of the file as written or read (None without a file).
+        """
+        now = int(self.clock())
+        if self.path is None:
+            plan = plan_maintenance(
+                self._entries,
+                now=now,
+                schedule=self.schedule,
+                algorithm=algorithm,
+                force=force,
+            )
+            return plan, self.kid, None
+        with key_file_lock(self.path):
+            snapshot = _read_key_file(self.path)
+            plan = plan_maintenance(
+                snapshot.entries,
+                now=now,
+                schedule=self.schedule,
+                algorithm=algorithm,
+                force=force,
+            )
+            version = snapshot.version
+            if plan.changed:
+                version = write_key_file(self.path, plan.entries)
+        return plan, snapshot.entries[0].kid, version
 
     async def reload_for_unknown_kid(self) -> bool:
         """Read the key file again because a token named a ``kid`` not loaded.
@@ -163,62 +338,85 @@ class SigningKeys:
         keys in place. Keys without a file are never reloaded.
 
         Returns:
-            Whether the loaded key set changed.
+            Whether the loaded key set changed, here or while this call waited.
         """
         if self.path is None:
             return False
-        started = time.monotonic()
+        generation = self._generation
         async with self._reload_lock:
-            last = self._reloaded_at
-            # Another caller read the file while this one waited: share its result.
-            if last is not None and last >= started:
-                return self._reload_changed
-            if last is not None and started - last < self._reload_interval:
+            if self._generation != generation:
+                return True
+            last = self._kid_reload_at
+            if last is not None and time.monotonic() - last < self._reload_interval:
                 return False
-            self._reloaded_at = time.monotonic()
-            self._reload_changed = False
-            try:
-                keys = await anyio.to_thread.run_sync(_read_key_file, self.path)
-            except (OSError, ValueError) as exc:
-                log.warning(
-                    "signing_keys.reload_failed",
-                    path=str(self.path),
-                    error=str(exc),
-                    kept=len(self._keys),
-                )
-                return False
-            if [_kid(key) for key in keys] == [_kid(key) for key in self._keys]:
-                return False
-            self._use(keys)
-            self._reload_changed = True
-            log.info("signing_keys.reloaded", path=str(self.path), kid=self.kid)
-            return True
+            self._kid_reload_at = time.monotonic()
+            return await self._reload()
 
-    def save(self) -> None:
-        """Write the private keys to the key file with mode 0600, atomically."""
-        if self.path is None:
-            msg = "these signing keys have no key file"
-            raise ValueError(msg)
-        document = {"keys": [key.as_dict(private=True) for key in self._keys]}
-        _write_private_file(self.path, json.dumps(document, indent=2).encode())
+    async def _reload(self) -> bool:
+        """Load the key file as it is; call with ``_reload_lock`` held."""
+        assert self.path is not None
+        try:
+            snapshot: KeyFileSnapshot = await anyio.to_thread.run_sync(
+                _read_key_file, self.path
+            )
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "signing_keys.reload_failed",
+                path=str(self.path),
+                error=str(exc),
+                kept=len(self._entries),
+            )
+            # The poll reads this version again only once it changes, and
+            # unknown kids wait the reload interval: the file is broken now.
+            self._seen_version = await anyio.to_thread.run_sync(file_version, self.path)
+            self._kid_reload_at = time.monotonic()
+            return False
+        return self._apply(snapshot.entries, snapshot.version, self.kid, "key_file")
+
+    def _apply(
+        self,
+        entries: list[KeyEntry],
+        version: FileVersion | None,
+        previous: str,
+        reason: str | None,
+    ) -> bool:
+        """Use ``entries``; return whether the set of kids changed."""
+        if version is not None:
+            self._seen_version = version
+        self._retry_at = -math.inf
+        before = [entry.kid for entry in self._entries]
+        self._use(entries)
+        if [entry.kid for entry in entries] == before:
+            return False
+        self._generation += 1
+        if self.kid != previous:
+            if reason == "key_file":
+                log.info("signing_keys.reloaded", path=str(self.path), kid=self.kid)
+            self._record(previous, reason or "key_file")
+        return True
+
+    def _record(self, previous: str, reason: str) -> None:
+        self._rotations.append(
+            KeyRotation(
+                kid=self.kid,
+                previous_kid=previous,
+                algorithm=self.algorithm,
+                reason=reason,
+            )
+        )
 
     def sign(self, claims: dict[str, Any], *, typ: str = "at+jwt") -> str:
         """Return a compact JWS of ``claims`` signed by the newest key.
 
         The header carries ``alg``, ``kid`` and ``typ``.
         """
-        key = self._keys[0]
-        header = {"alg": self.algorithm, "kid": _kid(key), "typ": typ}
+        key = self._entries[0].key
+        header = {"alg": self.algorithm, "kid": self.kid, "typ": typ}
         return jwt.encode(header, claims, key, algorithms=[self.algorithm])
 
     def jwks(self) -> dict[str, Any]:
         """Return the public JWK Set of every key, newest first."""
-        return {
-            "keys": [
-                key.as_dict(private=False, use="sig", alg=key.alg, kid=_kid(key))
-                for key in self._keys
-            ]
-        }
+        return {"keys": [public_jwk(entry.key) for entry in self._entries]}
 
     def verify(
         self, token: str, *, algorithms: Sequence[str]
@@ -236,130 +434,13 @@ class SigningKeys:
         Raises:
             TokenVerificationError: With a ``reason`` saying what failed.
         """
-        allowed = [alg for alg in algorithms if alg in SUPPORTED_ALGORITHMS]
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise TokenVerificationError(
-                "the token is longer than the maximum accepted length",
-                reason="malformed",
-            )
-        try:
-            obj = extract_compact(token.encode("ascii"))
-        except (JoseError, ValueError, TypeError, UnicodeError):
-            raise TokenVerificationError(
-                "the token is not a compact JWS", reason="malformed"
-            ) from None
-        header = obj.headers()
-        if "crit" in header or "b64" in header:
-            raise TokenVerificationError(
-                "the token header has a 'crit' or 'b64' parameter; neither is accepted",
-                reason="malformed",
-            )
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in allowed:
-            raise TokenVerificationError(
-                f"the token algorithm {alg!r} is not allowed; allowed: {allowed}",
-                reason="algorithm_not_allowed",
-            )
-        kid = header.get("kid")
-        key = self._by_kid.get(kid) if isinstance(kid, str) else None
-        if key is None or key.alg != alg:
-            raise TokenVerificationError(
-                f"no signing key matches kid {kid!r} and alg {alg!r}",
-                reason="unknown_key",
-            )
-        try:
-            valid = validate_compact(obj, key, algorithms=[alg])
-        except (JoseError, ValueError):
-            valid = False
-        if not valid:
-            raise TokenVerificationError(
-                "the token signature is invalid", reason="bad_signature"
-            )
-        try:
-            claims = json.loads(obj.payload or b"")
-        except ValueError:
-            claims = None
-        if not isinstance(claims, dict):
-            raise TokenVerificationError(
-                "the token payload is not a JSON object", reason="malformed"
-            )
-        return dict(header), claims
+        return verify_compact_jws(token, self._by_kid, algorithms)
 
 
-def generate_key(algorithm: str) -> SigningKey:
-    """Generate a key for ``algorithm`` with its RFC 7638 thumbprint as ``kid``."""
-    parameters: dict[str, Any] = {"alg": algorithm, "use": "sig"}
-    if algorithm == "ES256":
-        return ECKey.generate_key("P-256", parameters=parameters, auto_kid=True)  # type: ignore[arg-type]
-    if algorithm == "RS256":
-        return RSAKey.generate_key(2048, parameters=parameters, auto_kid=True)  # type: ignore[arg-type]
-    msg = f"cannot generate a key for algorithm {algorithm!r}"
-    raise ValueError(msg)
-
-
-def _kid(key: SigningKey) -> str:
-    kid = key.kid
-    assert kid is not None  # loaded and generated keys always have a kid
-    return kid
-
-
-def _read_key_file(path: pathlib.Path) -> list[SigningKey]:
-    try:
-        document = json.loads(path.read_bytes())
-    except ValueError as exc:
-        msg = f"signing key file {str(path)!r} is not valid JSON: {exc}"
-        raise ValueError(msg) from None
-    if isinstance(document, dict) and "keys" not in document and "kty" in document:
-        document = {"keys": [document]}
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list) or not entries:
+def _check_algorithm(algorithm: str) -> None:
+    if algorithm not in SUPPORTED_ALGORITHMS:
         msg = (
-            f"signing key file {str(path)!r} must be a JWK Set "
-            "with a non-empty 'keys' array"
+            f"signing algorithm {algorithm!r} is not supported; "
+            f"use one of {sorted(SUPPORTED_ALGORITHMS)}"
         )
         raise ValueError(msg)
-    keys: list[SigningKey] = []
-    for index, entry in enumerate(entries):
-        keys.append(_import_private_key(entry, f"{path}: keys[{index}]"))
-    return keys
-
-
-def _import_private_key(entry: Any, where: str) -> SigningKey:
-    if not isinstance(entry, dict):
-        msg = f"{where} must be a JWK object"
-        raise ValueError(msg)
-    alg = entry.get("alg")
-    kty = entry.get("kty")
-    key: SigningKey
-    try:
-        if alg == "ES256" and kty == "EC" and entry.get("crv") == "P-256":
-            key = ECKey.import_key(entry)
-        elif alg == "RS256" and kty == "RSA":
-            key = RSAKey.import_key(entry)
-        else:
-            msg = (
-                f"{where} has alg {alg!r} and kty {kty!r}; expected ES256 with "
-                "an EC P-256 key or RS256 with an RSA key"
-            )
-            raise ValueError(msg)
-    except JoseError as exc:
-        msg = f"{where} is not a valid JWK: {exc}"
-        raise ValueError(msg) from None
-    if not key.is_private:
-        msg = f"{where} is a public key; the key file must hold private keys"
-        raise ValueError(msg)
-    key.ensure_kid()
-    return key
-
-
-def _write_private_file(path: pathlib.Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

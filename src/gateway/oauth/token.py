@@ -7,6 +7,17 @@ accepted whichever one the client registered, but not both in one request.
 Refresh tokens rotate on every use. Presenting a rotated-out one revokes the
 whole grant, because a second user of the same refresh token means it was
 copied (OAuth 2.1 section 4.3.1).
+
+A refresh also confirms the user's session at the upstream IdP when the last
+confirmation is older than ``upstream.recheck_after`` seconds (see
+:meth:`GrantStore.recheck_upstream <gateway.oauth.grants.GrantStore.recheck_upstream>`).
+When the IdP rejects the upstream refresh token, or returns an ID token for
+another user, the grant is revoked and the client gets ``invalid_grant``, so
+it signs in again. When the IdP is
+unavailable, the grant is kept and the client gets ``temporarily_unavailable``
+with HTTP 503 and ``Retry-After``. RFC 6749 defines that code only for the
+authorization endpoint; the token endpoint has no code for a retryable
+failure, and this one states the cause.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from urllib.parse import unquote_plus
 import structlog
 from litestar import Request, Response, post
 
+from gateway.errors import UpstreamError
 from gateway.events import (
     AgentRef,
     RefreshTokenReused,
@@ -32,7 +44,9 @@ from gateway.oauth.access_tokens import agent_claim, mint_access_token
 from gateway.oauth.client_metadata import ClientMetadataError, lookup_client
 from gateway.oauth.clients import ClientRecord
 from gateway.oauth.flow import FormError, read_form
-from gateway.oauth.grants import Grant
+from gateway.oauth.grant_revocation import announce_revoked
+from gateway.oauth.grants import UPSTREAM_SUBJECT_CHANGED, Grant, GrantEndedError
+from gateway.oauth.pre_registered import ClientAssertionError, authenticate_assertion
 from gateway.oauth.resources import backend_for_resource
 from gateway.oauth.responses import json_response, oauth_error
 from gateway.oauth.transactions import FlowState, RefreshRecord
@@ -43,6 +57,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("gateway.oauth")
 
 _BASIC_CHALLENGE = {"www-authenticate": 'Basic realm="agent-proxy", charset="UTF-8"'}
+
+UPSTREAM_RETRY_AFTER = 30
+"""Seconds sent in ``Retry-After`` when the IdP is unavailable and sent none."""
+MAX_UPSTREAM_RETRY_AFTER = 3600
+"""Maximum ``Retry-After`` passed on, in seconds, whatever the IdP sent."""
 
 
 class TokenError(Exception):
@@ -56,6 +75,8 @@ class TokenError(Exception):
         status: int = 400,
         headers: dict[str, str] | None = None,
         grant: Grant | None = None,
+        reason: str | None = None,
+        upstream_oauth_error: str | None = None,
     ) -> None:
         super().__init__(description)
         self.error = error
@@ -63,6 +84,8 @@ class TokenError(Exception):
         self.status = status
         self.headers = headers
         self.grant = grant
+        self.reason = reason or error
+        self.upstream_oauth_error = upstream_oauth_error
 
 
 @post("/oauth2/token", status_code=200)
@@ -112,11 +135,18 @@ async def authenticate_client(
     """Return the client that sent a token or revocation request.
 
     A public client names itself with ``client_id``; a confidential one sends
-    its secret with HTTP Basic or in the form, not both.
+    its secret with HTTP Basic or in the form, not both, or, when it is
+    pre-registered for ``private_key_jwt``, a client assertion.
 
     Raises:
         TokenError: ``invalid_client`` (401) or ``invalid_request``.
     """
+    if "client_assertion" in form or "client_assertion_type" in form:
+        try:
+            return await authenticate_assertion(runtime, request, form)
+        except ClientAssertionError as exc:
+            status = 401 if exc.error == "invalid_client" else 400
+            raise TokenError(exc.error, exc.description, status=status) from None
     authorization = request.headers.get("authorization")
     basic = authorization is not None and authorization[:6].lower() == "basic "
     challenge = _BASIC_CHALLENGE if basic else None
@@ -289,10 +319,74 @@ async def _refresh_token(
         )
     _check_resource(runtime, form, grant.resource)
     scopes = _narrowed_scopes(form.get("scope"), record.scopes)
+    grant = await _recheck_upstream(runtime, grant)
     if not await flow.mark_refresh_token_used(refresh_token, record):
         # A concurrent request rotated the token between the check and now.
         raise await _refresh_token_reused(runtime, client, record)
     return await _issue(runtime, client, grant, scopes, "refresh_token")
+
+
+async def _recheck_upstream(runtime: Runtime, grant: Grant) -> Grant:
+    """Confirm the user's upstream session if due; see the module docstring.
+
+    Raises:
+        TokenError: ``invalid_grant`` when the session ended (the grant is
+            revoked), or ``temporarily_unavailable`` (503) when the IdP could
+            not confirm it (the grant is kept).
+    """
+    try:
+        current = await runtime.grants.recheck_upstream(grant)
+    except GrantEndedError as exc:
+        revoked = exc.claim_revoked()
+        if revoked is not None:
+            await announce_revoked(
+                runtime,
+                revoked,
+                reason=exc.revocation_reason,
+                stage="oauth.token",
+                oauth_error=exc.oauth_error,
+            )
+        description = (
+            "the identity provider refreshed the sign-in for another user; "
+            "sign in again"
+            if exc.revocation_reason == UPSTREAM_SUBJECT_CHANGED
+            else "the user's session at the identity provider has ended; "
+            "sign in again"
+        )
+        raise TokenError(
+            "invalid_grant",
+            description,
+            grant=grant,
+            reason=exc.revocation_reason,
+            upstream_oauth_error=exc.oauth_error,
+        ) from None
+    except UpstreamError as exc:
+        retry_after = min(
+            exc.retry_after or UPSTREAM_RETRY_AFTER, MAX_UPSTREAM_RETRY_AFTER
+        )
+        log.warning(
+            "oauth.upstream_recheck_failed",
+            grant_id=grant.grant_id,
+            client_id=grant.client_id,
+            reason=exc.reason,
+            retry_after=retry_after,
+            error=str(exc),
+        )
+        raise TokenError(
+            "temporarily_unavailable",
+            "the identity provider could not confirm the sign-in; "
+            f"retry in {retry_after} seconds",
+            status=503,
+            headers={"retry-after": str(retry_after)},
+            grant=grant,
+            reason=exc.reason,
+            upstream_oauth_error=getattr(exc, "oauth_error", None),
+        ) from None
+    if current is None:
+        raise TokenError(
+            "invalid_grant", "the sign-in behind this refresh token has ended"
+        )
+    return current
 
 
 async def _refresh_token_reused(
@@ -358,17 +452,20 @@ async def _issue(
     grant_type: str,
 ) -> Response[bytes]:
     signing = runtime.config.signing
+    # No access token outlives its grant, which may end early when it has no
+    # upstream refresh token (see GrantStore.save).
+    ttl = max(1, min(signing.access_token_ttl, grant.expires_at - int(time.time())))
     access_token, claims = mint_access_token(
         runtime.keys,
         issuer=runtime.issuer,
         grant=grant,
         scopes=scopes,
-        ttl=signing.access_token_ttl,
+        ttl=ttl,
     )
     body: dict[str, Any] = {
         "access_token": access_token,
         "token_type": "Bearer",
-        "expires_in": signing.access_token_ttl,
+        "expires_in": ttl,
         "scope": " ".join(scopes),
     }
     if "refresh_token" in client.grant_types:
@@ -414,6 +511,8 @@ async def _publish_failure(
         client_id=client_id,
         grant_type=grant_type,
         oauth_error=exc.error,
+        reason=exc.reason,
+        upstream_oauth_error=exc.upstream_oauth_error,
         detail=exc.description,
     )
     await runtime.publish(
@@ -422,11 +521,12 @@ async def _publish_failure(
             user=_user(exc.grant),
             agent=_agent(exc.grant),
             backend=_backend(runtime, exc.grant),
-            outcome="denied",
-            reason=exc.error,
+            outcome="error" if exc.status >= 500 else "denied",
+            reason=exc.reason,
             client_id=client_id,
             grant_type=grant_type,
             oauth_error=exc.error,
+            upstream_oauth_error=exc.upstream_oauth_error,
         )
     )
 

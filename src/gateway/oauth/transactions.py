@@ -52,6 +52,8 @@ class AuthorizationRequest(msgspec.Struct, kw_only=True):
             remembered approval skipped the consent page; the callback
             rejects a sign-in by anyone else.
         remembered_user_sub: That user's subject.
+        upstream_client_id: The upstream client chosen for the sign-in: a
+            verified agent's own client, or None for the gateway's.
     """
 
     client_id: str
@@ -70,6 +72,7 @@ class AuthorizationRequest(msgspec.Struct, kw_only=True):
     consent_approved: bool = False
     remembered_user_iss: str | None = None
     remembered_user_sub: str | None = None
+    upstream_client_id: str | None = None
 
 
 class PendingConsent(msgspec.Struct, kw_only=True):

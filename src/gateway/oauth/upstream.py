@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import quote, urlencode, urlsplit
 
-import anyio
 import httpx
 import structlog
 from joserfc.errors import JoseError
@@ -21,7 +20,14 @@ from joserfc.jws import CompactSignature, extract_compact, validate_compact
 
 from gateway.errors import ExchangeError, UpstreamError
 from gateway.oauth.grants import UpstreamTokens
-from gateway.oauth.jwks import JwksRegistry, PublicKey, RemoteJwks
+from gateway.oauth.idp_metadata import (
+    METADATA_RETRY,
+    METADATA_TTL,
+    IdpMetadata,
+)
+from gateway.oauth.idp_metadata import read_json_object as _json_object
+from gateway.oauth.idp_metadata import retry_after_seconds as _retry_after
+from gateway.oauth.jwks import JwksRegistry, PublicKey
 
 if TYPE_CHECKING:
     from gateway.config import UpstreamConfig
@@ -46,13 +52,7 @@ OpenID Connect requires no ``typ`` on ID tokens, so any other value, or
 none, is accepted.
 """
 
-METADATA_TTL = 3600.0
-"""Seconds the IdP's discovery document is cached."""
-
-METADATA_RETRY = 30.0
-"""Seconds before another try after a failed refresh of the discovery document."""
-
-_MAX_RESPONSE_BYTES = 256 * 1024
+__all__ = ["ID_TOKEN_ALGORITHMS", "METADATA_RETRY", "METADATA_TTL", "UpstreamClient"]
 
 
 class UpstreamClient:
@@ -69,6 +69,12 @@ class UpstreamClient:
         jwks: The cache of the IdP's key set. Clients of one IdP that get the
             same registry share one cache and one re-fetch limit. When None,
             the client creates a registry of its own.
+        metadata: The IdP's discovery document and key set, shared by the
+            clients of one IdP; when given, ``jwks`` is not used. When None,
+            the client fetches its own.
+
+    Raises:
+        ValueError: ``metadata`` belongs to another issuer than ``config``.
     """
 
     def __init__(
@@ -81,23 +87,37 @@ class UpstreamClient:
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
         jwks: JwksRegistry | None = None,
+        metadata: IdpMetadata | None = None,
     ) -> None:
+        if metadata is not None and metadata.issuer != config.issuer:
+            msg = (
+                f"the shared metadata is for {metadata.issuer!r}, not {config.issuer!r}"
+            )
+            raise ValueError(msg)
         self.config = config
         self.redirect_uri = redirect_uri
         self._http = http
         self._leeway = config.leeway if leeway is None else leeway
         self._clock = clock
         self._timeout = timeout
-        self._metadata: dict[str, Any] | None = None
-        self._metadata_at = 0.0
-        self._metadata_lock = anyio.Lock()
-        self._jwks: RemoteJwks | None = None
-        self._jwks_registry = jwks or JwksRegistry(http)
+        self._idp = metadata or IdpMetadata(
+            config.issuer, http=http, timeout=timeout, jwks=jwks
+        )
+
+    @property
+    def client_id(self) -> str:
+        """The client id at the IdP: the ``aud`` of the ID tokens it accepts."""
+        return self.config.client_id
 
     @property
     def issuer(self) -> str:
         """The IdP's issuer, exactly as configured."""
         return self.config.issuer
+
+    @property
+    def idp(self) -> IdpMetadata:
+        """The IdP's discovery document and key set, shared with other clients."""
+        return self._idp
 
     async def metadata(self) -> dict[str, Any]:
         """Return the IdP's OpenID Connect discovery document, cached for an hour.
@@ -108,27 +128,7 @@ class UpstreamClient:
                 ``issuer`` differs from the configured one or an endpoint is
                 missing.
         """
-        fresh = time.monotonic() - self._metadata_at < METADATA_TTL
-        if self._metadata is not None and fresh:
-            return self._metadata
-        async with self._metadata_lock:
-            fresh = time.monotonic() - self._metadata_at < METADATA_TTL
-            if self._metadata is not None and fresh:
-                return self._metadata
-            try:
-                document = await self._fetch_metadata()
-            except UpstreamError as exc:
-                if self._metadata is None or exc.reason != "idp_unavailable":
-                    raise
-                log.warning("upstream.metadata_refresh_failed", error=str(exc))
-                # Keep the old document and try again in METADATA_RETRY seconds.
-                self._metadata_at = time.monotonic() - METADATA_TTL + METADATA_RETRY
-                return self._metadata
-            self._metadata = document
-            self._metadata_at = time.monotonic()
-            if self._jwks is None or self._jwks.uri != document["jwks_uri"]:
-                self._jwks = self._jwks_registry.get(document["jwks_uri"])
-            return document
+        return await self._idp.document()
 
     async def token_endpoint(self) -> str:
         """Return the IdP's token endpoint from its discovery document."""
@@ -239,15 +239,30 @@ class UpstreamClient:
         )
         return await self._tokens_from(body, nonce=nonce)
 
-    async def refresh(self, refresh_token: str) -> UpstreamTokens:
+    async def refresh(
+        self, refresh_token: str, *, client_id: str | None = None
+    ) -> UpstreamTokens:
         """Refresh the user's upstream tokens; the ID token is verified.
+
+        Args:
+            refresh_token: The upstream refresh token.
+            client_id: The upstream client the refresh token was issued to;
+                None means this client.
 
         Raises:
             ExchangeError: The IdP returned an OAuth error, or no ID token
                 (``step="upstream_refresh"``).
-            UpstreamError: ``idp_unavailable`` on a network failure or a 5xx, or
-                ``invalid_id_token`` when the new ID token fails verification.
+            UpstreamError: ``idp_unavailable`` on a network failure or a 5xx,
+                ``invalid_id_token`` when the new ID token fails verification,
+                or ``idp_misconfigured`` when ``client_id`` names another
+                client.
         """
+        if client_id is not None and client_id != self.config.client_id:
+            msg = (
+                f"the refresh token belongs to the upstream client {client_id!r}, "
+                f"not {self.config.client_id!r}"
+            )
+            raise UpstreamError(msg, reason="idp_misconfigured")
         body = await self._token_request(
             {"grant_type": "refresh_token", "refresh_token": refresh_token},
             step="upstream_refresh",
@@ -272,8 +287,7 @@ class UpstreamClient:
             UpstreamError: ``invalid_id_token`` naming the failed check, or
                 ``idp_unavailable`` when the JWKS cannot be loaded.
         """
-        await self.metadata()
-        assert self._jwks is not None  # set by metadata()
+        jwks = await self._idp.key_set()
         try:
             obj = extract_compact(id_token.encode("ascii"))
         except (JoseError, ValueError, TypeError, UnicodeError):
@@ -288,12 +302,12 @@ class UpstreamClient:
         ):
             raise _invalid(f"its typ {typ!r} marks another kind of token")
         kid = header.get("kid")
-        key = await self._jwks.key_for(kid if isinstance(kid, str) else None, alg)
+        key = await jwks.key_for(kid if isinstance(kid, str) else None, alg)
         if key is None:
             raise _invalid(f"no key of the IdP's JWKS matches kid {kid!r}")
         if not _signature_valid(obj, key, alg):
             # The IdP may have published new material under the same kid.
-            replacement = await self._jwks.replacement_for(key, alg)
+            replacement = await jwks.replacement_for(key, alg)
             if replacement is None or not _signature_valid(obj, replacement, alg):
                 raise _invalid("its signature is invalid")
         try:
@@ -350,6 +364,8 @@ class UpstreamClient:
         tokens = UpstreamTokens(
             id_token=id_token,
             id_token_expires_at=int(claims["exp"]),
+            issuer=claims["iss"],
+            subject=claims["sub"],
             refresh_token=refresh_token if isinstance(refresh_token, str) else None,
         )
         return claims, tokens
@@ -374,10 +390,7 @@ class UpstreamClient:
             raise UpstreamError(msg, reason="idp_unavailable") from exc
         body = _json_object(response)
         if response.status_code >= 500 or response.status_code == 429:
-            msg = f"the IdP token endpoint returned HTTP {response.status_code}"
-            raise UpstreamError(
-                msg, reason="idp_unavailable", retry_after=_retry_after(response)
-            )
+            raise _token_endpoint_unavailable(response, body, step)
         if response.status_code != 200:
             error = body.get("error") if body else None
             oauth_error = error if isinstance(error, str) else "invalid_response"
@@ -399,42 +412,6 @@ class UpstreamClient:
                 step=step,
             )
         return body
-
-    async def _fetch_metadata(self) -> dict[str, Any]:
-        url = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        try:
-            response = await self._http.get(
-                url, headers={"accept": "application/json"}, timeout=self._timeout
-            )
-        except httpx.HTTPError as exc:
-            msg = (
-                f"the IdP discovery document {url} could not be fetched: "
-                f"{exc.__class__.__name__}"
-            )
-            raise UpstreamError(msg, reason="idp_unavailable") from exc
-        document = _json_object(response)
-        if response.status_code != 200 or document is None:
-            msg = (
-                f"the IdP discovery document {url} returned HTTP {response.status_code}"
-            )
-            raise UpstreamError(
-                msg, reason="idp_unavailable", retry_after=_retry_after(response)
-            )
-        if document.get("issuer") != self.config.issuer:
-            msg = (
-                f"the IdP discovery document names issuer {document.get('issuer')!r}, "
-                f"but upstream.issuer is {self.config.issuer!r}; they must be equal"
-            )
-            raise UpstreamError(msg, reason="idp_misconfigured")
-        for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-            value = document.get(name)
-            if not isinstance(value, str) or urlsplit(value).scheme not in (
-                "http",
-                "https",
-            ):
-                msg = f"the IdP discovery document has no usable {name}"
-                raise UpstreamError(msg, reason="idp_misconfigured")
-        return document
 
 
 def _signature_valid(obj: CompactSignature, key: PublicKey, alg: str) -> bool:
@@ -458,17 +435,28 @@ def _form_encode(value: str) -> str:
     return quote(value, safe="")
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    if len(response.content) > _MAX_RESPONSE_BYTES:
-        return None
-    try:
-        body = response.json()
-    except (ValueError, RecursionError):
-        # The standard json module raises RecursionError on deep nesting.
-        return None
-    return body if isinstance(body, dict) else None
+def _token_endpoint_unavailable(
+    response: httpx.Response, body: dict[str, Any] | None, step: str
+) -> UpstreamError:
+    """Return the ``idp_unavailable`` error of a token endpoint 5xx or 429.
 
+    It carries the body's OAuth ``error`` code, when it has a short printable
+    one, as ``oauth_error`` for events.
+    """
+    # Imported here: gateway.exchange imports gateway.oauth.
+    from gateway.exchange._requests import DEFAULT_RETRY_AFTER, ServerUnavailableError
 
-def _retry_after(response: httpx.Response) -> int | None:
-    value = response.headers.get("retry-after", "")
-    return int(value) if value.isdigit() else None
+    error = body.get("error") if body else None
+    oauth_error = None
+    if isinstance(error, str) and 0 < len(error) <= 64 and error.isprintable():
+        oauth_error = error
+    msg = f"the IdP token endpoint returned HTTP {response.status_code}"
+    if oauth_error is not None:
+        msg += f" ({oauth_error})"
+    return ServerUnavailableError(
+        msg,
+        reason="idp_unavailable",
+        step=step,
+        retry_after=_retry_after(response) or DEFAULT_RETRY_AFTER,
+        oauth_error=oauth_error,
+    )

@@ -11,7 +11,7 @@ import stat
 
 import pytest
 
-from gateway.oauth.keys import MAX_KEYS, SigningKeys, TokenVerificationError
+from gateway.oauth.keys import SigningKeys, TokenVerificationError
 
 
 def b64(data: bytes) -> str:
@@ -53,15 +53,14 @@ def test_load_or_create_algorithm_change_rotates(tmp_path: pathlib.Path) -> None
     assert SigningKeys.load_or_create(path, "RS256").kid == new.kid
 
 
-def test_rotate_keeps_bounded_history(keys: SigningKeys) -> None:
-    """Rotation publishes old and new keys, dropping the oldest past MAX_KEYS."""
-    first = keys.kid
-    for _ in range(MAX_KEYS):
+def test_rotate_keeps_retired_keys_published(keys: SigningKeys) -> None:
+    """Rotation publishes the new key first and keeps every retired key."""
+    kids = [keys.kid]
+    for _ in range(3):
         keys.rotate()
-    kids = [key["kid"] for key in keys.jwks()["keys"]]
-    assert len(kids) == MAX_KEYS
-    assert first not in kids
-    assert kids[0] == keys.kid
+        kids.insert(0, keys.kid)
+    published = [key["kid"] for key in keys.jwks()["keys"]]
+    assert published == kids
 
 
 def test_rotate_persists_to_file(keys: SigningKeys) -> None:
