@@ -32,8 +32,10 @@ lint:
     {{bin}}ruff check src tests examples bench
     {{bin}}mypy
 
-# Run the benchmarks under bench/: forward overhead, then streaming in both eras.
+# Run the benchmarks under bench/: forward overhead, streaming in both eras,
+# then what tracing and audit cost.
 bench:
     {{bin}}python bench/forward_overhead.py
     {{bin}}python bench/streaming.py --protocol 2025-11-25
     {{bin}}python bench/streaming.py --protocol 2026-07-28
+    {{bin}}python bench/tracing_overhead.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,27 +20,33 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.agents import AgentResolver
-from gateway.audit.config import AuditConfig, JsonlSinkConfig, StdoutSinkConfig
-from gateway.audit.sinks import JsonlSink, StdoutSink
+from gateway.audit.config import AuditConfig
+from gateway.audit.subscribers import subscribe_audit_sinks
 from gateway.chains import instantiate, plan_backend_chains
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
-from gateway.events import ResponseCompleted
 from gateway.exchange.service import CredentialService
 from gateway.mcp.backend import BackendClient
 from gateway.mcp.endpoint import McpEndpoint
 from gateway.mcp.headers import read_headers
+from gateway.oauth.clients import ClientRegistry
 from gateway.oauth.exception_handlers import oauth_exception_handlers
 from gateway.oauth.grants import GrantStore
-from gateway.oauth.keys import SigningKeys
+from gateway.oauth.key_rotation import maintain_signing_keys
+from gateway.oauth.keys import KeySchedule, SigningKeys
+from gateway.oauth.pre_registered import read_client_jwks
 from gateway.oauth.ratelimit import OAuthRateLimiter, RateLimitMiddleware
 from gateway.oauth.responses import NO_STORE
 from gateway.oauth.routes import OAUTH_PATHS, create_oauth_handlers
-from gateway.oauth.upstream import UpstreamClient
+from gateway.oauth.upstream_clients import UpstreamClients
+from gateway.observability import Observability
+from gateway.request_log import log_http_request
 from gateway.runtime import BackendRuntime, Runtime, current_request_id
 from gateway.sessions import SessionStore
 from gateway.store import MemoryStore, Store
-from pipeline import Event, EventBus, Journal
+from gateway.telemetry import instrument_http_client
+from gateway.tracing_attributes import REQUEST_ID
+from pipeline import EventBus
 
 log = structlog.get_logger("gateway")
 _tracer = trace.get_tracer("gateway.http")
@@ -90,16 +97,23 @@ async def open_gateway(
     oauth_middleware = _oauth_middleware(config)
     store = store or MemoryStore()
     bus = EventBus()
-    http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
-    upstream = UpstreamClient(
-        config.upstream,
-        redirect_uri=config.server.public_url + "/oauth2/callback",
-        http=http,
+    # One client for the IdP and authorization servers, with a client span
+    # per call so that the ID-JAG exchange shows in the request's trace.
+    http = instrument_http_client(
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
     )
-    grants = GrantStore(store, upstream)
+    upstream_clients = UpstreamClients.from_config(config, http=http)
+    upstream = upstream_clients.gateway
+    grants = GrantStore(
+        store, upstream_clients, recheck_after=config.upstream.recheck_after
+    )
     key_path = var_path(config, config.signing.key_file)
     try:
-        keys = SigningKeys.load_or_create(key_path, config.signing.algorithm)
+        keys = SigningKeys.load_or_create(
+            key_path,
+            config.signing.algorithm,
+            schedule=KeySchedule.from_config(config.signing),
+        )
     except (ValueError, OSError) as exc:
         await http.aclose()
         raise ConfigError([f"signing.key_file: cannot use {key_path}: {exc}"]) from exc
@@ -112,9 +126,22 @@ async def open_gateway(
         upstream=upstream,
         sessions=SessionStore(store),
         credentials=CredentialService(
-            config, grants=grants, upstream=upstream, http=http
+            config,
+            grants=grants,
+            upstream=upstream,
+            upstream_clients=upstream_clients,
+            http=http,
         ),
         agents=AgentResolver(config),
+        upstream_clients=upstream_clients,
+    )
+    try:
+        client_jwks = read_client_jwks(config.oauth.clients)
+    except ValueError as exc:
+        await http.aclose()
+        raise ConfigError([str(exc)]) from exc
+    await ClientRegistry(store).load_pre_registered(
+        config.oauth.clients, jwks=client_jwks
     )
     _subscribe(runtime, config)
     for name, plan in plans.items():
@@ -133,12 +160,18 @@ async def open_gateway(
         exception_handlers=oauth_exception_handlers(),
         state=State({"runtime": runtime}),
         openapi_config=None,
+        # Litestar's default logging config replaces the root logger's
+        # handlers, which would bypass the redacting log set-up.
+        logging_config=None,
         debug=False,
     )
-    asgi = _Dispatcher(McpEndpoint(runtime), oauth_app, runtime)
+    observability = Observability.build(runtime)
+    asgi = _Dispatcher(McpEndpoint(runtime), oauth_app, runtime, observability)
     try:
         async with anyio.create_task_group() as tg:
             bus.start(tg)
+            observability.start(tg)
+            key_maintenance = await tg.start(maintain_signing_keys, runtime)
             log.info(
                 "gateway.started",
                 public_url=config.server.public_url,
@@ -147,6 +180,7 @@ async def open_gateway(
             try:
                 yield Gateway(runtime=runtime, asgi=asgi, warnings=warnings)
             finally:
+                key_maintenance.cancel()
                 with anyio.CancelScope(shield=True):
                     await bus.aclose()
                 tg.cancel_scope.cancel()
@@ -156,6 +190,7 @@ async def open_gateway(
                 await backend_runtime.client.aclose()
             await runtime.credentials.aclose()
             await http.aclose()
+            await observability.aclose()
         log.info("gateway.stopped")
 
 
@@ -176,44 +211,8 @@ def _oauth_middleware(config: GatewayConfig) -> list[RateLimitMiddleware]:
 
 
 def _subscribe(runtime: Runtime, config: GatewayConfig) -> None:
-    settings = audit_config(config)
-    for index, sink_config in enumerate(settings.sinks):
-        name = f"audit.{sink_config.__struct_config__.tag}.{index}"
-        journal = Journal(
-            var_path(config, settings.journal_dir) / f"{name}.journal",
-            max_pending=settings.journal_max_pending,
-            fsync=settings.journal_fsync,
-        )
-        sink: Any
-        if isinstance(sink_config, JsonlSinkConfig):
-            sink = JsonlSink(
-                var_path(config, sink_config.path), fsync=sink_config.fsync
-            )
-        elif isinstance(sink_config, StdoutSinkConfig):
-            sink = StdoutSink()
-        runtime.bus.subscribe_durable(name, sink, journal)
-    # Only ResponseCompleted makes the log line, so the other five events of
-    # a request do not wake the subscriber's task.
-    runtime.bus.subscribe("log.requests", _log_request, accepts=(ResponseCompleted,))
-
-
-async def _log_request(event: Event) -> None:
-    # One canonical line per request, from the event the audit stage publishes.
-    if not isinstance(event, ResponseCompleted):
-        return
-    log.info(
-        "request.completed",
-        request_id=event.request_id,
-        trace_id=event.trace_id,
-        span_id=event.span_id,
-        backend=event.backend,
-        method=event.method,
-        tool=event.tool,
-        agent_id=event.agent.id if event.agent else None,
-        status=event.status,
-        outcome=event.outcome,
-        reason=event.reason,
-        duration_ms=event.duration_ms,
+    subscribe_audit_sinks(
+        runtime.bus, audit_config(config), Path(config.server.var_dir)
     )
 
 
@@ -230,10 +229,17 @@ class _Dispatcher:
     published meanwhile.
     """
 
-    def __init__(self, mcp: McpEndpoint, app: Litestar, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        mcp: McpEndpoint,
+        app: Litestar,
+        runtime: Runtime,
+        observability: Observability,
+    ) -> None:
         self.mcp = mcp
         self.app = app
         self.runtime = runtime
+        self.ops = observability.ops
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -243,6 +249,9 @@ class _Dispatcher:
         if path in self.runtime.by_path or path.rstrip("/") in self.runtime.by_path:
             await self.mcp(scope, receive, send)
             return
+        if path in self.ops.paths:
+            await self.ops(scope, receive, send)
+            return
         await self._serve_app(scope, receive, send)
 
     async def _serve_app(self, scope: Any, receive: Any, send: Any) -> None:
@@ -250,6 +259,7 @@ class _Dispatcher:
         path = scope["path"]
         headers, _ = read_headers(scope["headers"])
         request_id = uuid.uuid4().hex
+        started = time.perf_counter()
         # The name is the method alone until the route is known. Naming spans
         # after raw paths would create one span name per path that a scanner
         # tries, which the OpenTelemetry HTTP semantic conventions advise
@@ -261,7 +271,7 @@ class _Dispatcher:
             attributes={
                 "http.request.method": method,
                 "url.path": path,
-                "gateway.request_id": request_id,
+                REQUEST_ID: request_id,
             },
         )
         status: int | None = None
@@ -313,6 +323,14 @@ class _Dispatcher:
                 if status >= 500:
                     span.set_status(StatusCode.ERROR)
             span.end()
+            log_http_request(
+                request_id=request_id,
+                http_method=method,
+                route=route,
+                status=status,
+                started=started,
+                span_context=span.get_span_context(),
+            )
 
 
 async def _send_server_error(send: Any, request_id: str) -> None:

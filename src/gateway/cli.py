@@ -1,4 +1,4 @@
-"""The ``agent-proxy`` command line: run, demo, check."""
+"""The ``agent-proxy`` command line: run, demo, check, revoke, keys."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from pathlib import Path
 import anyio
 import structlog
 
+from gateway.audit.cli import add_audit_commands, run_audit
+from gateway.cli_keys import add_keys_parser, run_keys_command
+from gateway.cli_revoke import add_revoke_parser, run_revoke
 from gateway.config import GatewayConfig, load_config
+from gateway.config.model import TelemetryConfig
 from gateway.config.okta_checks import okta_warnings, read_raw_config
 from gateway.errors import ConfigError
 from gateway.telemetry import configure_logging, configure_tracing
@@ -38,9 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "check":
         return _check(args.config)
-    configure_tracing()
+    if args.command == "revoke":
+        return run_revoke(args)
+    if args.command == "keys":
+        return run_keys_command(args)
+    if args.command == "audit":
+        return run_audit(args)
     if args.command == "run":
         return _run(args.config)
+    configure_tracing(_demo_telemetry())
     return _demo(
         check=args.check, var_dir=Path(args.var_dir), ephemeral=args.ephemeral_ports
     )
@@ -86,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
         default="var",
         help="directory for keys, journals and var/audit.jsonl (default: var)",
     )
+
+    add_revoke_parser(commands, DEFAULT_CONFIG)
+    add_keys_parser(commands, DEFAULT_CONFIG)
+    add_audit_commands(commands)
 
     check = commands.add_parser("check", help="validate a config and print its chains")
     check.add_argument(
@@ -135,6 +149,12 @@ def _check(path: Path) -> int:
 
 
 def _run(path: Path) -> int:
+    from gateway.admin import (
+        AdminSocket,
+        admin_socket_path,
+        bind_admin_socket,
+        serve_admin,
+    )
     from gateway.app import open_gateway
     from gateway.chains import plan_backend_chains
     from gateway.demo.serve import bind_socket, serve_app
@@ -148,6 +168,8 @@ def _run(path: Path) -> int:
     except ConfigError as exc:
         _print_problems(path, exc.problems)
         return 1
+    # Tracing is set up from the loaded config, before any server starts.
+    configure_tracing(config.telemetry)
     for warning in okta_warnings(config, read_raw_config(path)):
         log.warning(
             "config.warning",
@@ -165,10 +187,21 @@ def _run(path: Path) -> int:
             file=sys.stderr,
         )
         return 1
+    admin: AdminSocket | None = None
+    admin_path = admin_socket_path(config)
+    if admin_path is not None:
+        try:
+            admin = bind_admin_socket(admin_path)
+        except OSError as exc:
+            sock.close()
+            print(f"agent-proxy run: {exc.strerror or exc}", file=sys.stderr)
+            return 1
 
     async def serve() -> None:
         async with open_gateway(config) as gateway, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            if admin is not None:
+                tg.start_soon(serve_admin, gateway.runtime, admin)
             log.info("gateway.listening", address=f"{host}:{port}")
             await serve_app(
                 gateway.asgi,
@@ -186,7 +219,17 @@ def _run(path: Path) -> int:
         pass
     finally:
         sock.close()
+        if admin is not None:
+            admin.remove()
     return 0
+
+
+def _demo_telemetry() -> TelemetryConfig:
+    """Return the ``telemetry`` section of the packaged demo config."""
+    from gateway.config import load_config_text
+    from gateway.demo.runner import demo_config_text
+
+    return load_config_text(demo_config_text(), source="demo").telemetry
 
 
 def _demo(*, check: bool, var_dir: Path, ephemeral: bool) -> int:
@@ -195,15 +238,12 @@ def _demo(*, check: bool, var_dir: Path, ephemeral: bool) -> int:
 
     async def demo() -> int:
         async with run_demo(var_dir=var_dir, ephemeral=ephemeral) as stack:
-            _print_banner(stack, check=check)
             if check:
+                _print_banner(stack, check=check)
                 ok = await check_demo(stack)
                 print("demo check passed" if ok else "demo check FAILED")
                 return 0 if ok else 1
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_stop_on_signal, tg.cancel_scope)
-                await anyio.sleep_forever()
-        return 0
+            return await _serve_demo(stack)
 
     try:
         return anyio.run(demo, backend_options=_BACKEND_OPTIONS)
@@ -212,6 +252,33 @@ def _demo(*, check: bool, var_dir: Path, ephemeral: bool) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+async def _serve_demo(stack: object) -> int:
+    """Serve a running demo, with its admin API, until SIGTERM or SIGINT."""
+    from gateway.admin import admin_socket_path, bind_admin_socket, serve_admin
+    from gateway.demo.runner import DemoStack
+
+    assert isinstance(stack, DemoStack)
+    admin_path = admin_socket_path(stack.config)
+    admin = None
+    if admin_path is not None:
+        try:
+            admin = bind_admin_socket(admin_path)
+        except OSError as exc:
+            print(f"agent-proxy demo: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    _print_banner(stack, check=False, admin_socket=admin_path)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            if admin is not None:
+                tg.start_soon(serve_admin, stack.gateway.runtime, admin)
+            await anyio.sleep_forever()
+    finally:
+        if admin is not None:
+            admin.remove()
+    return 0
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:
@@ -223,7 +290,9 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def _print_banner(stack: object, *, check: bool) -> None:
+def _print_banner(
+    stack: object, *, check: bool, admin_socket: Path | None = None
+) -> None:
     from gateway.demo.runner import DemoStack
 
     assert isinstance(stack, DemoStack)
@@ -236,6 +305,8 @@ def _print_banner(stack: object, *, check: bool) -> None:
         f"  partners   {stack.mcp_url('partners')}  (static key to {urls['partners']})"
     )
     print(f"  audit log  {stack.audit_path}")
+    if admin_socket is not None:
+        print(f"  admin API  {admin_socket}  (agent-proxy revoke)")
     if check:
         print("Checking the demo with the official MCP client:")
     else:

@@ -7,13 +7,13 @@ token, a secret or a client assertion.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import msgspec
 
 from pipeline import Event, event_union
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 Outcome = Literal["success", "denied", "error"]
 
@@ -33,6 +33,22 @@ class AgentRef(msgspec.Struct, frozen=True, kw_only=True):
     trust: str
 
 
+class GrantSelector(msgspec.Struct, frozen=True, kw_only=True):
+    """Which grants an admin command matches: every field set must be equal.
+
+    Attributes:
+        user_iss: The user's upstream IdP issuer.
+        user_sub: The user's subject at that IdP.
+        agent_id: The agent the grant was issued to.
+        client_id: The OAuth client the grant was issued to.
+    """
+
+    user_iss: str | None = None
+    user_sub: str | None = None
+    agent_id: str | None = None
+    client_id: str | None = None
+
+
 class GatewayEvent(Event, frozen=True, kw_only=True):
     """Fields common to every gateway event.
 
@@ -46,11 +62,14 @@ class GatewayEvent(Event, frozen=True, kw_only=True):
         protocol_version: The client's ``MCP-Protocol-Version``, when sent.
         outcome: ``success``, ``denied`` or ``error``.
         reason: A stable reason code, mainly for denials and errors.
+        prev_hash: In a durable audit sink's stream, the SHA-256 (hex) of the
+            previous record's canonical bytes (keys sorted, no whitespace,
+            UTF-8), null for the first; null outside those streams.
     """
 
     __abstract_event__: ClassVar[bool] = True
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Literal[1] = SCHEMA_VERSION
     user: UserRef | None = None
     agent: AgentRef | None = None
     backend: str | None = None
@@ -59,6 +78,7 @@ class GatewayEvent(Event, frozen=True, kw_only=True):
     protocol_version: str | None = None
     outcome: Outcome = "success"
     reason: str | None = None
+    prev_hash: str | None = None
 
 
 # Request chain --------------------------------------------------------------
@@ -226,11 +246,31 @@ class ConsentGranted(GatewayEvent, frozen=True, kw_only=True):
     client_id: str
 
 
+class ConsentRevoked(GatewayEvent, frozen=True, kw_only=True):
+    """A user's remembered approval of a client was withdrawn.
+
+    The next sign-in of that client shows the consent page again. The
+    ``agent-proxy revoke`` command withdraws the consents it covers (reason
+    ``admin_revoke``), next to the ``GrantRevoked`` of each grant it ends.
+    """
+
+    client_id: str
+
+
 class UserSignedIn(GatewayEvent, frozen=True, kw_only=True):
-    """The upstream IdP signed a user in and the gateway created a grant."""
+    """The upstream IdP signed a user in and the gateway created a grant.
+
+    Attributes:
+        client_id: The gateway client the grant was issued to.
+        grant_id: The grant.
+        upstream_client_id: The client at the IdP the user signed in through:
+            the gateway's own (``upstream.client_id``) or a verified agent's
+            (``agents.<name>.upstream.client_id``).
+    """
 
     client_id: str
     grant_id: str
+    upstream_client_id: str | None = None
 
 
 class TokenIssued(GatewayEvent, frozen=True, kw_only=True):
@@ -243,11 +283,18 @@ class TokenIssued(GatewayEvent, frozen=True, kw_only=True):
 
 
 class TokenRequestFailed(GatewayEvent, frozen=True, kw_only=True):
-    """A token request was rejected with an OAuth error."""
+    """A token request was rejected with an OAuth error.
+
+    Attributes:
+        oauth_error: The error code sent to the client.
+        upstream_oauth_error: The upstream IdP's error code, when a refresh
+            failed because the IdP rejected or failed the upstream re-check.
+    """
 
     client_id: str | None = None
     grant_type: str | None = None
     oauth_error: str
+    upstream_oauth_error: str | None = None
 
 
 class RefreshTokenReused(GatewayEvent, frozen=True, kw_only=True):
@@ -271,6 +318,60 @@ class TokenRevoked(GatewayEvent, frozen=True, kw_only=True):
     token_type: str
     grant_id: str
     token_id: str | None = None
+
+
+class GrantRevoked(GatewayEvent, frozen=True, kw_only=True):
+    """The gateway ended a grant: every token issued on it stopped working.
+
+    ``reason`` is one of:
+
+    - ``admin_revoke``: the ``agent-proxy revoke`` command;
+    - ``upstream_session_ended``: the IdP rejected the upstream refresh token,
+      at a re-check or at the refresh before an exchange;
+    - ``upstream_subject_changed``: an upstream refresh returned an ID token
+      whose ``sub`` or ``iss`` differs from the grant's;
+    - ``id_token_expired``: the upstream ID token expired before an exchange
+      and there was no upstream refresh token;
+    - ``upstream_client_removed``: the upstream client the user signed in
+      through is no longer configured;
+    - ``id_token_rejected``: the IdP rejected the user's ID token at the
+      ID-JAG token exchange.
+
+    Attributes:
+        client_id: The client the grant was issued to.
+        grant_id: The grant.
+        selector: The admin command's selector, for ``admin_revoke``.
+        oauth_error: The IdP's error code, when an IdP response ended the
+            grant.
+    """
+
+    client_id: str
+    grant_id: str
+    selector: GrantSelector | None = None
+    oauth_error: str | None = None
+
+
+# Signing keys ---------------------------------------------------------------
+
+
+class SigningKeyRotated(GatewayEvent, frozen=True, kw_only=True):
+    """A new key started signing the gateway's access tokens.
+
+    ``reason`` is ``schedule`` (``signing.rotate_after`` passed),
+    ``algorithm_changed`` (``signing.algorithm`` differed at start-up),
+    ``manual`` (rotated by this process on request) or ``key_file`` (another
+    process sharing the key file rotated it, such as ``agent-proxy keys
+    rotate``). The previous key keeps verifying until its tokens expire.
+
+    Attributes:
+        kid: The new signing key's ``kid``.
+        previous_kid: The ``kid`` of the key it replaced.
+        algorithm: The new key's algorithm.
+    """
+
+    kid: str
+    previous_kid: str
+    algorithm: str
 
 
 def audit_event_union() -> Any:

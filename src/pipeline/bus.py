@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -20,18 +23,40 @@ log = structlog.get_logger("pipeline.bus")
 
 Handler = Callable[[Event], Awaitable[None]]
 
+EntryEncoder = Callable[[Event, bytes | None], bytes]
+"""Encodes an event as a journal entry, given the journal's newest entry.
+
+The second argument is None for the first entry of a new journal. A durable
+subscriber with an encoder can make each entry refer to the one before it,
+as a hash chain does.
+"""
+
 
 class Sink(Protocol):
     """The destination of a durable subscriber.
 
     :meth:`deliver` receives encoded events in publication order. It returns
     only once the batch is safely at its destination. Raising makes the bus
-    retry the whole batch later, so destinations de-duplicate by event ``id``.
+    retry the batch later, possibly with more events appended, so
+    destinations de-duplicate by event ``id``. A sink may also define
+    ``aclose()`` (a coroutine) or ``close()``, which the bus calls on shutdown.
     """
 
     async def deliver(self, batch: Sequence[bytes]) -> None:
         """Deliver a batch of encoded events."""
         ...
+
+
+class RetryAfter(Exception):
+    """Raised by a sink whose destination asked for a pause before the retry.
+
+    The bus waits at least ``delay`` seconds, capped by the subscriber's
+    ``retry_max``, before it delivers the batch again.
+    """
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
 
 
 @dataclass
@@ -51,10 +76,22 @@ class _Durable:
     journal: Journal
     batch_size: int
     linger: float = 0.0
+    encode: EntryEncoder | None = None
+    retry_initial: float = 0.1
+    retry_max: float = 30.0
     delivered: int = 0
     failures: int = 0
     last_error: str | None = None
-    retry_delays: list[float] = field(default_factory=lambda: [0.1, 0.5, 2.0, 10.0])
+
+    def retry_delay(self, attempt: int) -> float:
+        """Return the wait before retry number ``attempt`` (0 for the first).
+
+        The bound doubles per attempt from ``retry_initial`` up to
+        ``retry_max``. The wait is a random value between half the bound and
+        the bound, so subscribers that failed together do not retry in step.
+        """
+        bound = min(self.retry_max, self.retry_initial * 2.0 ** min(attempt, 30))
+        return bound / 2 + random.uniform(0, bound / 2)
 
 
 class EventBus:
@@ -110,8 +147,15 @@ class EventBus:
         *,
         batch_size: int = 100,
         linger: float = 0.005,
+        encode: EntryEncoder | None = None,
+        retry_initial: float = 0.1,
+        retry_max: float = 30.0,
     ) -> None:
         """Add a durable subscriber that delivers from ``journal`` to ``sink``.
+
+        A failed delivery is retried until it succeeds, never dropped: the
+        waits grow exponentially, with jitter, from ``retry_initial`` to
+        ``retry_max`` seconds.
 
         Args:
             name: The subscriber's name in stats and logs.
@@ -120,8 +164,22 @@ class EventBus:
             batch_size: Maximum number of events per delivery.
             linger: Seconds to wait for more events before delivering a batch
                 smaller than ``batch_size``; events are already on disk.
+            encode: Builds each journal entry from the event and the newest
+                entry; None journals the event's plain JSON encoding.
+            retry_initial: Bound of the wait before the first retry, in
+                seconds; the wait is between half of it and all of it.
+            retry_max: Maximum wait between two retries, in seconds.
         """
-        sub = _Durable(name, sink, journal, batch_size, linger)
+        sub = _Durable(
+            name,
+            sink,
+            journal,
+            batch_size,
+            linger,
+            encode=encode,
+            retry_initial=retry_initial,
+            retry_max=retry_max,
+        )
         self._durable.append(sub)
         if self._task_group is not None:
             self._task_group.start_soon(self._run_durable, sub)
@@ -150,10 +208,15 @@ class EventBus:
                     log.warning(
                         "bus.events_dropped", subscriber=sub.name, dropped=sub.dropped
                     )
-        if self._durable:
-            data = self._encoder.encode(event)
-            for durable in self._durable:
-                await durable.journal.append(data)
+        plain: bytes | None = None
+        for durable in self._durable:
+            encode = durable.encode
+            if encode is None:
+                if plain is None:
+                    plain = self._encoder.encode(event)
+                await durable.journal.append(plain)
+            else:
+                await durable.journal.append(functools.partial(encode, event))
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Return per-subscriber counters: drops, pending entries, failures."""
@@ -164,11 +227,27 @@ class EventBus:
             out[durable.name] = {
                 "kind": "durable",
                 "pending": durable.journal.pending,
+                "max_pending": durable.journal.max_pending,
                 "delivered": durable.delivered,
                 "failures": durable.failures,
                 "last_error": durable.last_error,
             }
         return out
+
+    def dropped(self) -> dict[str, int]:
+        """Return the events each best-effort subscriber dropped, by name.
+
+        Counts only grow while the bus lives; durable subscribers never drop.
+        """
+        return {sub.name: sub.dropped for sub in self._best_effort}
+
+    def pending(self) -> dict[str, int]:
+        """Return the journal depth of each durable subscriber, by name.
+
+        The depth is the number of events journaled but not yet delivered;
+        at the journal's ``max_pending``, publishing waits.
+        """
+        return {durable.name: durable.journal.pending for durable in self._durable}
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until durable journals and best-effort queues are empty."""
@@ -185,9 +264,7 @@ class EventBus:
             await sub.send.aclose()
         for durable in self._durable:
             durable.journal.close()
-            close = getattr(durable.sink, "close", None)
-            if callable(close):
-                close()
+            await _close_sink(durable.sink)
 
     async def _run_best_effort(self, sub: _BestEffort) -> None:
         async with sub.receive:
@@ -211,7 +288,9 @@ class EventBus:
             except Exception as exc:
                 sub.failures += 1
                 sub.last_error = f"{type(exc).__name__}: {exc}"
-                delay = sub.retry_delays[min(attempt, len(sub.retry_delays) - 1)]
+                delay = sub.retry_delay(attempt)
+                if isinstance(exc, RetryAfter):
+                    delay = min(max(delay, exc.delay), sub.retry_max)
                 attempt += 1
                 log.warning(
                     "bus.delivery_failed",
@@ -225,3 +304,16 @@ class EventBus:
             attempt = 0
             sub.delivered += len(batch)
             sub.journal.commit(len(batch))
+
+
+async def _close_sink(sink: Sink) -> None:
+    """Call the sink's ``aclose()`` or ``close()``, whichever it has."""
+    aclose = getattr(sink, "aclose", None)
+    if callable(aclose):
+        result = aclose()
+        if inspect.isawaitable(result):
+            await result
+        return
+    close = getattr(sink, "close", None)
+    if callable(close):
+        close()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, Generic
 
 import msgspec
@@ -28,6 +29,9 @@ class Chain(Generic[CtxT, RespT]):
     def __init__(self, stages: Sequence[Stage[CtxT, RespT]]) -> None:
         self.stages: tuple[Stage[CtxT, RespT], ...] = tuple(stages)
         self._span_names = tuple(f"stage {s.name}" for s in self.stages)
+        self.stage_timer: Callable[[str, float], None] | None = None
+        """Called when a stage returns or raises, with its name and the seconds
+        spent in it without the stages after it; None times nothing."""
 
     async def __call__(self, ctx: CtxT) -> RespT:
         """Run the chain for one request and return its response."""
@@ -40,9 +44,20 @@ class Chain(Generic[CtxT, RespT]):
             raise TerminalStageError(msg)
         stage = self.stages[index]
 
-        async def call_next(next_ctx: CtxT) -> RespT:
-            return await self._run(index + 1, next_ctx)
+        timer = self.stage_timer
+        inner = 0.0
 
+        async def call_next(next_ctx: CtxT) -> RespT:
+            nonlocal inner
+            if timer is None:
+                return await self._run(index + 1, next_ctx)
+            began = perf_counter()
+            try:
+                return await self._run(index + 1, next_ctx)
+            finally:
+                inner += perf_counter() - began
+
+        started = perf_counter() if timer is not None else 0.0
         with _tracer.start_as_current_span(
             self._span_names[index],
             attributes={"pipeline.stage": stage.name},
@@ -56,6 +71,9 @@ class Chain(Generic[CtxT, RespT]):
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 raise
+            finally:
+                if timer is not None:
+                    timer(stage.name, perf_counter() - started - inner)
 
 
 @dataclass(frozen=True)

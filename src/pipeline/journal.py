@@ -5,12 +5,21 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import anyio
+import structlog
 
 FsyncPolicy = Literal["always", "never"]
+
+EntryFactory = Callable[[bytes | None], bytes]
+"""Builds an entry from the journal's newest entry (None when it has none)."""
+
+log = structlog.get_logger("pipeline.journal")
+
+_TAIL_CHUNK = 64 * 1024
 
 
 class Journal:
@@ -24,6 +33,10 @@ class Journal:
 
     When ``max_pending`` entries wait for delivery, :meth:`append` blocks until
     the subscriber catches up: back-pressure instead of loss.
+
+    The newest entry, delivered or not, stays readable as :attr:`last_entry`,
+    also after a compaction and a restart, so that a stream whose entries
+    refer to their predecessor (a hash chain) continues where it stopped.
     """
 
     def __init__(
@@ -40,15 +53,24 @@ class Journal:
         self.compact_bytes = compact_bytes
         self._offset_path = path.with_suffix(path.suffix + ".offset")
         self._pending: deque[tuple[int, bytes]] = deque()
+        self._last: bytes | None = None
         self._changed = anyio.Event()
         self._space = anyio.Event()
+        self._stale_offset: int | None = None
         self._file = self._open()
         self._offset_file = self._open_offset()
+        if self._stale_offset is not None:
+            self._write_offset(self._stale_offset)
 
     @property
     def pending(self) -> int:
         """The number of entries not yet acknowledged."""
         return len(self._pending)
+
+    @property
+    def last_entry(self) -> bytes | None:
+        """The newest entry appended, delivered or not; None for a new journal."""
+        return self._last
 
     def _open(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,13 +79,22 @@ class Journal:
             text = self._offset_path.read_text().strip()
             committed = int(text) if text.isdigit() else 0
         if self.path.exists():
+            size = drop_partial_line(self.path)
+            if committed > size:
+                # A crash during a compaction leaves the offset past the end.
+                # Kept, it would hide the entries appended from now on.
+                committed = size
+                self._stale_offset = size
             with self.path.open("rb") as fh:
                 fh.seek(committed)
                 offset = committed
                 for line in fh:
                     offset += len(line)
-                    if line.endswith(b"\n"):
-                        self._pending.append((offset, line[:-1]))
+                    self._pending.append((offset, line[:-1]))
+            if self._pending:
+                self._last = self._pending[-1][1]
+            else:
+                self._last = read_last_line(self.path)
         return self.path.open("ab")
 
     def _open_offset(self) -> BinaryIO:
@@ -89,20 +120,25 @@ class Journal:
         os.pwrite(fd, data, 0)
         self._offset_length = len(data)
 
-    async def append(self, data: bytes) -> None:
+    async def append(self, data: bytes | EntryFactory) -> None:
         """Write one entry; wait while the journal is full.
 
         Args:
-            data: One encoded event, with no newline in it.
+            data: One encoded event with no newline in it, or a function that
+                builds it from :attr:`last_entry`. The function runs after any
+                wait for space and before the next entry is appended, so
+                concurrent appends each see their true predecessor.
         """
         while len(self._pending) >= self.max_pending:
             self._space = anyio.Event() if self._space.is_set() else self._space
             await self._space.wait()
-        self._file.write(data + b"\n")
+        entry = data if isinstance(data, bytes) else data(self._last)
+        self._file.write(entry + b"\n")
         self._file.flush()
         if self.fsync == "always":
             os.fsync(self._file.fileno())
-        self._pending.append((self._file.tell(), data))
+        self._pending.append((self._file.tell(), entry))
+        self._last = entry
         self._changed.set()
 
     def peek(self, limit: int) -> list[bytes]:
@@ -128,13 +164,81 @@ class Journal:
         self._space.set()
 
     def _compact(self) -> None:
-        # Everything is delivered, so the file can start over from empty.
+        # Everything is delivered, so the file starts over with only the
+        # newest entry, already acknowledged, which keeps last_entry across
+        # a restart. The new file replaces the old one atomically before the
+        # offset moves back: a crash in between leaves an offset past the
+        # end, which _open clamps, and never one that redelivers entries.
         self._file.close()
-        self.path.write_bytes(b"")
-        self._write_offset(0)
+        kept = b"" if self._last is None else self._last + b"\n"
+        fresh = self.path.with_suffix(self.path.suffix + ".compact")
+        fresh.write_bytes(kept)
+        os.replace(fresh, self.path)
+        self._write_offset(len(kept))
         self._file = self.path.open("ab")
 
     def close(self) -> None:
         """Close the journal file and its offset file."""
         self._file.close()
         self._offset_file.close()
+
+
+def read_last_line(path: Path) -> bytes | None:
+    """Return the last newline-terminated line of a file, without its newline.
+
+    Returns None when the file is missing or has no complete line. Reads
+    the file backwards, so the cost does not grow with its size.
+    """
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return None
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        # Skip a trailing partial line: it was never completely written.
+        tail = b""
+        position = end
+        while position > 0:
+            start = max(0, position - _TAIL_CHUNK)
+            fh.seek(start)
+            tail = fh.read(position - start) + tail
+            position = start
+            last_newline = tail.rfind(b"\n")
+            if last_newline < 0:
+                continue
+            previous_newline = tail.rfind(b"\n", 0, last_newline)
+            if previous_newline >= 0 or position == 0:
+                return tail[previous_newline + 1 : last_newline]
+        return None
+
+
+def drop_partial_line(path: Path) -> int:
+    """Cut a trailing line that has no newline; return the new file size.
+
+    A crash in the middle of a write can leave such a line. Appending after
+    it would glue the next entry to it and corrupt both.
+    """
+    with path.open("r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return size
+        position = size
+        while position > 0:
+            start = max(0, position - _TAIL_CHUNK)
+            fh.seek(start)
+            chunk = fh.read(position - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                valid = start + newline + 1
+                break
+            position = start
+        else:
+            valid = 0
+        fh.truncate(valid)
+    log.warning(
+        "journal.partial_entry_dropped", path=str(path), dropped_bytes=size - valid
+    )
+    return valid

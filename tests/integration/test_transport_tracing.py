@@ -85,7 +85,7 @@ async def test_transport_trace_request_spans_nest(
         )
     assert response.status_code == 200
     spans = list(exporter.get_finished_spans())
-    server = only(spans, "POST /employees/mcp")
+    server = only(spans, "tools/call echo")
     security = only(spans, "stage security")
     session = only(spans, "stage session")
     forward = only(spans, "stage forward")
@@ -99,8 +99,11 @@ async def test_transport_trace_request_spans_nest(
     assert server_attributes["mcp.method.name"] == "tools/call"
     assert server_attributes["gen_ai.tool.name"] == "echo"
     assert server_attributes["jsonrpc.request.id"] == "4"
-    assert server_attributes["gateway.backend"] == "employees"
-    assert server_attributes["gateway.request_id"] == response.headers["x-request-id"]
+    assert server_attributes["agent_proxy.backend"] == "employees"
+    assert (
+        server_attributes["agent_proxy.request_id"]
+        == (response.headers["x-request-id"])
+    )
     assert server_attributes["http.response.status_code"] == 200
 
     assert security.parent is not None

@@ -74,6 +74,10 @@ class ServerConfig(_Config, frozen=True):
     """Browser origins allowed besides loopback ones (``http://localhost:6274``)."""
     var_dir: str = "var"
     """Directory for runtime state: signing keys, journals, audit files."""
+    admin_socket: str = "admin.sock"
+    """Unix domain socket of the admin API that ``agent-proxy revoke`` uses,
+    relative to ``var_dir``; created with mode 0600 by ``agent-proxy run`` and
+    ``agent-proxy demo``. An empty string turns the admin API off."""
 
 
 class UpstreamConfig(_Config, frozen=True):
@@ -102,9 +106,47 @@ class UpstreamConfig(_Config, frozen=True):
     leeway: Annotated[int, msgspec.Meta(ge=0, le=300)] = 30
     """Seconds of clock skew tolerated on the ID token's ``exp``, ``nbf`` and
     ``iat``, from 0 to 300."""
+    recheck_after: Annotated[int, msgspec.Meta(ge=0)] = 300
+    """Seconds after which a client's refresh at the gateway first confirms the
+    user's session at the IdP with the upstream refresh token; 0 confirms it at
+    every refresh."""
 
     def __post_init__(self) -> None:
         _check_client_auth("upstream", self.token_endpoint_auth_method, self)
+
+
+class ClientCredentialsConfig(_Config, frozen=True):
+    """A confidential client's id and credentials at one authorization server."""
+
+    client_id: str
+    """The client id at that server."""
+    client_secret: str = ""
+    """The client secret, usually ``${ENV_VAR}``."""
+    token_endpoint_auth_method: ClientAuthMethod = "client_secret_basic"
+    """The client authentication method at that server's token endpoint."""
+    private_key_file: str = ""
+    """For ``private_key_jwt``: a JSON file with the private JWK that signs
+    client assertions (absolute, or relative to the working directory)."""
+    private_key_id: str = ""
+    """For ``private_key_jwt``: the ``kid`` sent; the JWK's own ``kid`` when empty."""
+    private_key_algorithm: AssertionAlgorithm = "RS256"
+    """For ``private_key_jwt``: the signature algorithm of client assertions."""
+
+    def __post_init__(self) -> None:
+        if self.token_endpoint_auth_method == "private_key_jwt" and not (
+            self.private_key_file
+        ):
+            msg = (
+                "private_key_file is required when token_endpoint_auth_method "
+                "is private_key_jwt"
+            )
+            raise ValueError(msg)
+
+
+MIN_ROTATE_AFTER = 3600
+"""Shortest ``signing.rotate_after`` accepted, in seconds, besides 0."""
+MAX_ROTATE_AFTER = 365 * 86400
+"""Longest ``signing.rotate_after`` accepted, in seconds."""
 
 
 class SigningConfig(_Config, frozen=True):
@@ -118,6 +160,17 @@ class SigningConfig(_Config, frozen=True):
     """Access token lifetime in seconds."""
     refresh_token_ttl: Seconds = 8 * 3600
     """Refresh token lifetime in seconds."""
+    rotate_after: Annotated[int, msgspec.Meta(ge=0, le=MAX_ROTATE_AFTER)] = 30 * 86400
+    """Seconds a signing key signs before a new key replaces it: 0 disables
+    scheduled rotation, otherwise from 3600 (one hour) to 31536000 (365 days)."""
+
+    def __post_init__(self) -> None:
+        if 0 < self.rotate_after < MIN_ROTATE_AFTER:
+            msg = (
+                f"rotate_after must be 0 (no scheduled rotation) or at least "
+                f"{MIN_ROTATE_AFTER} seconds, got {self.rotate_after}"
+            )
+            raise ValueError(msg)
 
 
 class RateLimit(_Config, frozen=True):
@@ -157,6 +210,45 @@ class ClientMetadataConfig(_Config, frozen=True):
     refused."""
 
 
+PreRegisteredAuthMethod = Literal[
+    "client_secret_basic", "client_secret_post", "private_key_jwt", "none"
+]
+"""Client authentication methods of pre-registered clients at the gateway."""
+
+
+class OAuthClientConfig(_Config, frozen=True):
+    """An MCP client registered in the config instead of by dynamic registration.
+
+    The loader checks the values: redirect URIs follow the registration rules
+    (https, or http on a loopback address), a secret is required exactly when
+    the method uses one, and a public JWK Set file exactly for
+    ``private_key_jwt``.
+    """
+
+    redirect_uris: list[str]
+    """Redirect URIs the client may use: https, or http on a loopback address,
+    where any port is accepted at authorization."""
+    client_name: str | None = None
+    """The client's name, shown on the consent page; agent rules may match it."""
+    token_endpoint_auth_method: PreRegisteredAuthMethod = "client_secret_basic"
+    """The client's authentication method at ``/oauth2/token``. ``none`` makes
+    a public client, which is never a verified agent."""
+    client_secret: str = ""
+    """The client secret, usually ``${ENV_VAR}``, at least 32 characters;
+    required for ``client_secret_basic`` and ``client_secret_post``, and not
+    allowed otherwise."""
+    jwks_file: str = ""
+    """For ``private_key_jwt``: a JSON file with the client's public JWK Set
+    (absolute, or relative to the working directory)."""
+    grant_types: list[str] = msgspec.field(
+        default_factory=lambda: ["authorization_code", "refresh_token"]
+    )
+    """Grants the client may use: ``authorization_code`` and optionally
+    ``refresh_token``."""
+    scope: str | None = None
+    """Informational, as in dynamic registration: the scopes the client uses."""
+
+
 class OAuthConfig(_Config, frozen=True):
     """Limits of the OAuth front door: request rates and registration lifetime."""
 
@@ -171,6 +263,11 @@ class OAuthConfig(_Config, frozen=True):
     pre_approved_clients: list[str] = msgspec.field(default_factory=list)
     """Client ids (registered ids or metadata document URLs) whose users skip
     the consent page."""
+    clients: dict[str, OAuthClientConfig] = msgspec.field(default_factory=dict)
+    """Pre-registered clients by ``client_id``. They never expire, dynamic
+    registration cannot replace them, and a confidential one that a
+    ``match.client_ids`` rule lists is a verified agent. List an id in
+    ``pre_approved_clients`` to skip the consent page."""
 
 
 class ToolRules(_Config, frozen=True):
@@ -188,7 +285,10 @@ class AgentMatch(_Config, frozen=True):
     client_name: str | None = None
     """Exact DCR ``client_name``; a match gives a self-asserted identity."""
     client_ids: list[str] = msgspec.field(default_factory=list)
-    """Exact client ids."""
+    """Exact client ids. A listed client is verified when it proves its
+    identity: a confidential ``oauth.clients`` entry that authenticates, or a
+    metadata document whose redirect URIs are https on its own host. Any
+    other listed client is self-asserted."""
 
 
 class AgentConfig(_Config, frozen=True):
@@ -200,6 +300,11 @@ class AgentConfig(_Config, frozen=True):
     """Backends the agent may use; ``"*"`` allows all."""
     tools: dict[str, ToolRules] = msgspec.field(default_factory=dict)
     """Tool rules per backend name; a backend not listed allows every tool."""
+    upstream: ClientCredentialsConfig | None = None
+    """The agent's own OIDC client at the upstream IdP (``upstream.issuer``),
+    such as its Okta app. When the agent is verified, users sign in upstream
+    through it, and the ID-JAG names it as the requesting client. A
+    self-asserted or unknown agent always uses ``upstream``."""
 
 
 class DefaultAgentConfig(_Config, frozen=True):
@@ -273,6 +378,14 @@ class IdJagAuth(_Config, frozen=True, tag="id-jag", tag_field="kind"):
     """Scopes requested for the backend token."""
     refresh_before: Annotated[int, msgspec.Meta(ge=0)] = 60
     """Seconds before expiry at which a cached backend token is replaced."""
+    agent_clients: dict[str, ClientCredentialsConfig] = msgspec.field(
+        default_factory=dict
+    )
+    """Per agent name: the client that redeems ID-JAGs here for users who
+    signed in through that agent's own upstream client
+    (``agents.<name>.upstream``). The IdP names that client in those
+    ID-JAGs, and the authorization server accepts an ID-JAG only from the
+    client it names. Other users' ID-JAGs are redeemed with ``client_id``."""
 
     def __post_init__(self) -> None:
         _check_client_auth("auth", self.token_endpoint_auth_method, self)
@@ -329,6 +442,114 @@ class BackendConfig(_Config, frozen=True):
     needs to know."""
 
 
+SamplerName = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+"""Trace samplers, named as ``OTEL_TRACES_SAMPLER`` names them."""
+
+
+class TracingConfig(_Config, frozen=True):
+    """Trace export and sampling; the standard ``OTEL_*`` variables override it."""
+
+    enabled: bool = True
+    """Whether spans are recorded and exported. False records none; requests
+    still get trace ids, which audit events, logs and backends receive.
+    ``OTEL_SDK_DISABLED=true`` turns tracing off whatever this says."""
+    endpoint: str = ""
+    """OTLP/HTTP (protobuf) endpoint: a base URL such as
+    ``http://collector:4318``, to which ``/v1/traces`` is added, or a full URL
+    ending in ``/v1/traces``. ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` and
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` override it. With neither this nor those
+    variables set, nothing is exported and no span is recorded."""
+    sampler: SamplerName = "parentbased_always_on"
+    """Which traces are recorded; ``OTEL_TRACES_SAMPLER`` overrides it. The
+    ``parentbased_*`` samplers follow the sampled flag of the caller's
+    ``traceparent`` when there is one."""
+    ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0
+    """For the ``traceidratio`` samplers: the share of traces recorded, from
+    0 to 1; ``OTEL_TRACES_SAMPLER_ARG`` overrides it."""
+
+    def __post_init__(self) -> None:
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            msg = (
+                f"tracing.endpoint {self.endpoint!r} is not an http or https URL; "
+                "give the collector's OTLP/HTTP address, such as "
+                "http://127.0.0.1:4318"
+            )
+            raise ValueError(msg)
+
+
+class MetricsConfig(_Config, frozen=True):
+    """Metrics: the Prometheus endpoint ``/metrics`` and OTLP export."""
+
+    enabled: bool = True
+    """Whether metrics are collected at all. False serves no ``/metrics`` and
+    exports nothing."""
+    prometheus: bool = True
+    """Whether ``GET /metrics`` serves the Prometheus text format. The endpoint
+    is not behind OAuth: restrict it at the network layer or set
+    ``bearer_token``."""
+    bearer_token: str = ""
+    """When set, ``/metrics`` requires ``Authorization: Bearer`` with this
+    value, usually ``${ENV_VAR}``; other requests get 401."""
+    endpoint: str = ""
+    """OTLP/HTTP (protobuf) endpoint for metrics: a base URL, to which
+    ``/v1/metrics`` is added, or a full URL ending in ``/v1/metrics``. Empty
+    uses the base of ``tracing.endpoint``. ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``
+    and ``OTEL_EXPORTER_OTLP_ENDPOINT`` override it; with none of them set,
+    metrics are only served on ``/metrics``."""
+    export_interval: PositiveSeconds = 60.0
+    """Seconds between two OTLP exports; ``OTEL_METRIC_EXPORT_INTERVAL``
+    (milliseconds) overrides it."""
+
+    def __post_init__(self) -> None:
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            msg = (
+                f"metrics.endpoint {self.endpoint!r} is not an http or https URL; "
+                "give the collector's OTLP/HTTP address, such as "
+                "http://127.0.0.1:4318"
+            )
+            raise ValueError(msg)
+
+
+class HealthConfig(_Config, frozen=True):
+    """The health endpoints ``/healthz`` (liveness) and ``/readyz`` (readiness)."""
+
+    enabled: bool = True
+    """Whether the gateway serves ``/healthz`` and ``/readyz``."""
+    timeout: PositiveSeconds = 2.0
+    """Seconds one readiness check may take before it fails as ``timeout``."""
+    cache_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    """Seconds a readiness report is reused, so that frequent probes do not
+    each reach the IdP and every backend."""
+    check_backends: bool = True
+    """Whether readiness requires every backend to answer an HTTP request."""
+
+
+class TelemetryConfig(_Config, frozen=True):
+    """OpenTelemetry settings: service name, traces, and user identifiers in spans."""
+
+    service_name: str = "agent-proxy"
+    """The ``service.name`` resource attribute; ``OTEL_SERVICE_NAME`` and a
+    ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES`` override it."""
+    user_identifiers: Literal["hashed", "plain", "omit"] = "hashed"
+    """How spans name the signed-in user: ``hashed`` (a SHA-256 of issuer and
+    subject, ``agent_proxy.user.hash``), ``plain`` (``agent_proxy.user.iss``
+    and ``agent_proxy.user.sub``) or ``omit``. Audit events always carry the
+    plain issuer and subject."""
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    """Trace export and sampling."""
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    """Metrics on ``/metrics`` and their OTLP export."""
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    """The ``/healthz`` and ``/readyz`` endpoints."""
+
+
 class GatewayConfig(_Config, frozen=True):
     """The whole gateway configuration file."""
 
@@ -344,3 +565,5 @@ class GatewayConfig(_Config, frozen=True):
     pipeline: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PIPELINE))
     stages: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     """Settings per stage reference, validated by each stage's own Struct."""
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    """OpenTelemetry traces and how spans name users."""

@@ -5,9 +5,12 @@ The flow has two token requests:
 1. RFC 8693 token exchange at the upstream IdP's token endpoint. The subject
    token is the user's upstream ID token; ``audience`` is the backend
    authorization server's issuer and ``resource`` the backend's own RFC 9728
-   resource. The gateway authenticates with its upstream client.
+   resource. The request authenticates as the upstream client that the ID
+   token was issued to: the gateway's, or a verified agent's own client.
 2. RFC 7523 JWT-bearer grant at the backend authorization server, with the
-   ID-JAG as ``assertion`` and the gateway's client credentials there.
+   ID-JAG as ``assertion``. It authenticates as the client that the ID-JAG
+   names: the gateway's client there, or the agent's (``auth.agent_clients``)
+   when the user signed in through the agent's own upstream client.
 
 Between the two, the ID-JAG is decoded *without* verifying its signature (the
 backend authorization server verifies it) and checked against the request, so
@@ -34,6 +37,7 @@ from joserfc.jws import extract_compact
 from opentelemetry import trace
 
 from gateway.config import IdJagAuth
+from gateway.config.model import ClientCredentialsConfig
 from gateway.errors import ExchangeError, UpstreamError
 from gateway.exchange._requests import (
     DEFAULT_RETRY_AFTER,
@@ -46,6 +50,7 @@ from gateway.exchange._requests import (
     unavailable,
 )
 from gateway.exchange.client_assertion import ClientKeyError, authenticate_request
+from gateway.tracing_attributes import BACKEND
 
 __all__ = [
     "GRANT_JWT_BEARER",
@@ -122,9 +127,24 @@ class IdJagExchanger:
         self._http = http
 
     async def exchange(
-        self, *, backend: str, auth: IdJagAuth, id_token: str
+        self,
+        *,
+        backend: str,
+        auth: IdJagAuth,
+        id_token: str,
+        upstream: UpstreamTokenClient | None = None,
+        backend_client: ClientCredentialsConfig | None = None,
     ) -> IssuedToken:
         """Return a backend access token for the user of ``id_token``.
+
+        Args:
+            backend: The backend name, for spans.
+            auth: The backend's ``id-jag`` settings.
+            id_token: The user's upstream ID token.
+            upstream: The upstream client the ID token was issued to; the
+                gateway's own when None.
+            backend_client: The client that redeems the ID-JAG; ``auth``'s
+                own client when None.
 
         Raises:
             ExchangeError: A server rejected a request or returned a
@@ -134,17 +154,26 @@ class IdJagExchanger:
         """
         with _tracer.start_as_current_span(
             "idjag token_exchange",
-            attributes={"gateway.backend": backend, "oauth.audience": auth.issuer},
+            attributes={BACKEND: backend, "oauth.audience": auth.issuer},
         ):
-            assertion = await self.request_id_jag(auth, id_token)
+            assertion = await self.request_id_jag(auth, id_token, upstream=upstream)
         with _tracer.start_as_current_span(
             "idjag jwt_bearer",
-            attributes={"gateway.backend": backend, "oauth.audience": auth.issuer},
+            attributes={BACKEND: backend, "oauth.audience": auth.issuer},
         ):
-            return await self.redeem(auth, assertion)
+            return await self.redeem(auth, assertion, client=backend_client)
 
-    async def request_id_jag(self, auth: IdJagAuth, id_token: str) -> str:
+    async def request_id_jag(
+        self,
+        auth: IdJagAuth,
+        id_token: str,
+        *,
+        upstream: UpstreamTokenClient | None = None,
+    ) -> str:
         """Exchange the user's ID token for an ID-JAG and check it (step 1).
+
+        ``upstream`` is the client the ID token was issued to; the gateway's
+        own when None.
 
         Raises:
             ExchangeError: See :meth:`exchange`.
@@ -160,8 +189,9 @@ class IdJagExchanger:
         }
         if auth.scopes:
             form["scope"] = " ".join(auth.scopes)
+        upstream = upstream or self._upstream
         try:
-            url = await self._upstream.token_endpoint()
+            url = await upstream.token_endpoint()
         except httpx.HTTPError as exc:
             what = f"its discovery document could not be fetched ({type(exc).__name__})"
             raise unavailable(STEP_TOKEN_EXCHANGE, what) from exc
@@ -178,7 +208,7 @@ class IdJagExchanger:
                 retry_after=exc.retry_after or DEFAULT_RETRY_AFTER,
                 oauth_error=getattr(exc, "oauth_error", None),
             ) from exc
-        form, client_auth = self._upstream.client_auth(form, token_endpoint=url)
+        form, client_auth = upstream.client_auth(form, token_endpoint=url)
         body = await post_token_request(
             self._http, STEP_TOKEN_EXCHANGE, url, form, client_auth
         )
@@ -195,8 +225,17 @@ class IdJagExchanger:
         check_id_jag(assertion, auth)
         return assertion
 
-    async def redeem(self, auth: IdJagAuth, assertion: str) -> IssuedToken:
+    async def redeem(
+        self,
+        auth: IdJagAuth,
+        assertion: str,
+        *,
+        client: ClientCredentialsConfig | None = None,
+    ) -> IssuedToken:
         """Redeem an ID-JAG at the backend authorization server (step 2).
+
+        ``client`` is the client that the ID-JAG names, which must
+        authenticate; ``auth``'s own client when None.
 
         Raises:
             ExchangeError: See :meth:`exchange`.
@@ -205,16 +244,17 @@ class IdJagExchanger:
         form = {"grant_type": GRANT_JWT_BEARER, "assertion": assertion}
         if auth.scopes:
             form["scope"] = " ".join(auth.scopes)
+        credentials: IdJagAuth | ClientCredentialsConfig = client or auth
         try:
             form, client_auth = authenticate_request(
                 form,
-                method=auth.token_endpoint_auth_method,
-                client_id=auth.client_id,
-                client_secret=auth.client_secret,
+                method=credentials.token_endpoint_auth_method,
+                client_id=credentials.client_id,
+                client_secret=credentials.client_secret,
                 token_endpoint=auth.token_endpoint,
-                key_file=auth.private_key_file,
-                key_id=auth.private_key_id,
-                algorithm=auth.private_key_algorithm,
+                key_file=credentials.private_key_file,
+                key_id=credentials.private_key_id,
+                algorithm=credentials.private_key_algorithm,
             )
         except ClientKeyError as exc:
             raise ExchangeError(

@@ -26,7 +26,18 @@ from gateway.exchange._requests import (
 )
 from gateway.exchange.cache import CacheKey, TokenCache
 from gateway.exchange.discovery import AuthorizationServerDiscovery
+from gateway.exchange.grant_clients import (
+    GrantClients,
+    UpstreamClientSet,
+    backend_client,
+    upstream_client_ids,
+)
 from gateway.exchange.idjag import IdJagExchanger, IssuedToken, UpstreamTokenClient
+from gateway.exchange.tracing import (
+    cache_result,
+    exchange_span,
+    record_cache_result,
+)
 from gateway.facts import AgentIdentity, BackendCredentials, Principal
 from gateway.oauth.grants import GrantStore
 
@@ -62,12 +73,16 @@ class CredentialService:
     ``static-key``, ``basic`` and ``none`` come from config. ``id-jag`` takes
     the user's current upstream ID token from the grant, exchanges it for a
     backend token (see :mod:`gateway.exchange.idjag`) and caches that token
-    per user, agent, backend, audience and scope.
+    per user, agent, backend, audience, scope and upstream client. The
+    exchange authenticates as the upstream client the grant records, which
+    the IdP requires because the ID token was issued to it.
 
     Args:
         config: The gateway config; replace :attr:`config` on reload.
         grants: Where the users' upstream ID tokens are kept.
         upstream: The gateway's client at the upstream IdP.
+        upstream_clients: Every upstream client a grant may name (the
+            agents' own clients); with None, only ``upstream`` is known.
         http: A pooled client for IdP and authorization server calls; one is
             created (and closed by :meth:`aclose`) when None.
         timeout: Seconds for each IdP or authorization server call, when the
@@ -82,6 +97,7 @@ class CredentialService:
         *,
         grants: GrantStore,
         upstream: UpstreamTokenClient,
+        upstream_clients: UpstreamClientSet | None = None,
         http: httpx.AsyncClient | None = None,
         timeout: float = 10.0,
         cache_size: int = 10_000,
@@ -95,6 +111,9 @@ class CredentialService:
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
         )
         self._exchanger = IdJagExchanger(upstream, self._http)
+        self._grant_clients = GrantClients(
+            grants, upstream_clients, max_entries=cache_size
+        )
         self.discovery = AuthorizationServerDiscovery(
             self._http, timeout=timeout, clock=clock
         )
@@ -129,22 +148,37 @@ class CredentialService:
             return ObtainedCredentials(self._static_credentials(backend, auth))
         # Dynamic mode: the discovered issuer and token endpoint fill in auth.
         auth = await self.discovery.resolve(auth)
+        upstream_client_id = await self._grant_clients.client_id_of(principal.grant_id)
 
-        key = _cache_key(backend, auth, principal, agent)
+        key = _cache_key(backend, auth, principal, agent, upstream_client_id)
         fetched_here = False
 
         async def fetch() -> IssuedToken:
             nonlocal fetched_here
             fetched_here = True
+            upstream = await self._grant_clients.upstream_for(
+                principal.grant_id, upstream_client_id
+            )
             id_token = await self._current_id_token(principal.grant_id)
             return await self._exchanger.exchange(
-                backend=backend, auth=auth, id_token=id_token
+                backend=backend,
+                auth=auth,
+                id_token=id_token,
+                upstream=upstream,
+                backend_client=backend_client(self.config, auth, upstream_client_id),
             )
 
+        async def traced_fetch() -> IssuedToken:
+            with exchange_span(
+                backend=backend, audience=auth.issuer, agent_id=agent.id
+            ):
+                return await fetch()
+
+        cached_before = self.cache.peek(key) is not None
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 token, hit = await self.cache.get(
-                    key, fetch, refresh_before=auth.refresh_before
+                    key, traced_fetch, refresh_before=auth.refresh_before
                 )
                 break
             except ExchangeError as exc:
@@ -155,6 +189,9 @@ class CredentialService:
                 own = fetched_here or exc.reason != "reauthentication_required"
                 if own or attempt == _MAX_ATTEMPTS:
                     raise
+        record_cache_result(
+            cache_result(fetched_here=fetched_here, cached_before=cached_before)
+        )
         if not hit:
             log.info(
                 "exchange.token_obtained",
@@ -162,6 +199,7 @@ class CredentialService:
                 agent_id=agent.id,
                 user_sub=principal.sub,
                 audience=auth.issuer,
+                upstream_client_id=upstream_client_id,
                 expires_in=int(token.expires_at - self._clock()),
             )
         credentials = BackendCredentials(
@@ -205,7 +243,9 @@ class CredentialService:
         token = None
         if rejected is not None:
             token = rejected.headers.get(AUTHORIZATION, "").removeprefix("Bearer ")
-        key = _cache_key(backend, auth, principal, agent)
+        # obtain() just looked up this grant's upstream client.
+        upstream_client_id = self._grant_clients.remembered(principal.grant_id)
+        key = _cache_key(backend, auth, principal, agent, upstream_client_id)
         dropped = self.cache.invalidate(key, access_token=token or None)
         if dropped:
             log.info(
@@ -213,6 +253,42 @@ class CredentialService:
                 backend=backend,
                 agent_id=agent.id,
                 user_sub=principal.sub,
+            )
+        return dropped
+
+    def forget(self, *, user_iss: str, user_sub: str, agent_id: str) -> int:
+        """Drop the cached backend tokens of one user and agent, on every backend.
+
+        Called when grants of that user and agent are revoked. The cache is
+        keyed by user and agent rather than by grant, so other grants of the
+        same user and agent exchange again on their next request.
+
+        Returns:
+            How many cached tokens were dropped.
+        """
+        dropped = 0
+        for backend, config in self.config.backends.items():
+            if not isinstance(config.auth, IdJagAuth):
+                continue
+            auth = self.discovery.cached(config.auth)
+            if auth is None:
+                continue
+            # The key uses the user's and the agent's ids and the upstream
+            # client, so every upstream client the config has is tried.
+            principal = Principal(iss=user_iss, sub=user_sub, client_id="", grant_id="")
+            agent = AgentIdentity(
+                id=agent_id, verified=False, trust="unknown", client_id=""
+            )
+            for upstream_client_id in upstream_client_ids(self.config):
+                key = _cache_key(backend, auth, principal, agent, upstream_client_id)
+                if self.cache.invalidate(key):
+                    dropped += 1
+        if dropped:
+            log.info(
+                "exchange.tokens_forgotten",
+                agent_id=agent_id,
+                user_sub=user_sub,
+                dropped=dropped,
             )
         return dropped
 
@@ -262,7 +338,11 @@ class CredentialService:
 
 
 def _cache_key(
-    backend: str, auth: IdJagAuth, principal: Principal, agent: AgentIdentity
+    backend: str,
+    auth: IdJagAuth,
+    principal: Principal,
+    agent: AgentIdentity,
+    upstream_client_id: str | None,
 ) -> CacheKey:
     return CacheKey(
         user_iss=principal.iss,
@@ -271,6 +351,7 @@ def _cache_key(
         backend=backend,
         audience=auth.issuer,
         scope=" ".join(sorted(auth.scopes)),
+        upstream_client=upstream_client_id or "",
     )
 
 

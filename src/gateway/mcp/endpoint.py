@@ -16,8 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry import trace
 
 from gateway.context import RequestContext
 from gateway.mcp.asgi import ASGIReceive, ASGISend, ClientDisconnected
@@ -36,7 +35,6 @@ from gateway.mcp.headers import EVENT_STREAM, JSON, accepts, read_headers
 from gateway.mcp.jsonrpc import (
     INVALID_REQUEST,
     JsonRpcError,
-    JsonRpcMessage,
     parse_message,
     shorten,
 )
@@ -48,7 +46,15 @@ from gateway.mcp.request_checks import (
 )
 from gateway.mcp.response import GatewayResponse
 from gateway.mcp.response_sending import internal_error, send_response
+from gateway.mcp.server_span import (
+    ServerSpan,
+    describe_message,
+    describe_request,
+    describe_response,
+    start_server_span,
+)
 from gateway.runtime import Runtime
+from gateway.tracing_attributes import CLIENT_DISCONNECTED, REQUEST_ID
 
 _tracer = trace.get_tracer("gateway.mcp")
 
@@ -104,7 +110,7 @@ class McpEndpoint:
             path.rstrip("/")
         )
 
-        span = self._start_span(method, path, backend_name, headers)
+        span = self._start_span(scope, backend_name, headers)
         exchange = Exchange(
             request_id=uuid.uuid4().hex,
             method=method,
@@ -115,44 +121,36 @@ class McpEndpoint:
             span=span,
             duplicated_header=duplicated,
         )
-        span.set_attribute("gateway.request_id", exchange.request_id)
+        span.set_attribute(REQUEST_ID, exchange.request_id)
 
         try:
             with trace.use_span(span, end_on_exit=False):
                 try:
                     response = await self._respond(exchange, receive)
                 except ClientDisconnected:
-                    span.set_attribute("gateway.client_disconnected", True)
+                    span.set_attribute(CLIENT_DISCONNECTED, True)
                     return
                 except Exception:
                     response = internal_error(exchange)
+                describe_response(span, response)
                 await send_response(exchange, response, receive, send)
         finally:
             span.end()
 
     def _start_span(
         self,
-        method: str,
-        path: str,
+        scope: dict[str, Any],
         backend_name: str | None,
         headers: dict[str, str],
-    ) -> Span:
+    ) -> ServerSpan:
         # The route is the configured backend path, so a trailing slash in the
         # request does not create a second span name.
         route = (
-            self.runtime.config.backends[backend_name].path if backend_name else path
+            self.runtime.config.backends[backend_name].path
+            if backend_name
+            else scope["path"]
         )
-        return _tracer.start_span(
-            f"{method} {route}",
-            context=propagate.extract(headers),
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": method,
-                "url.path": path,
-                "http.route": route,
-                "gateway.backend": backend_name or "",
-            },
-        )
+        return start_server_span(_tracer, scope, route, backend_name, headers)
 
     def _allowed_origin(self, origin: str | None) -> str | None:
         # The config is read per request so that a reloaded config applies.
@@ -248,7 +246,7 @@ class McpEndpoint:
                     code=exc.code,
                     id=exc.id,
                 )
-            _describe_message(exchange.span, exchange.message)
+            describe_message(exchange.span, exchange.message)
             if stateless and exchange.message.kind == "response":
                 detail = (
                     "Invalid Request: a 2026-07-28 client sends no responses, "
@@ -309,7 +307,9 @@ class McpEndpoint:
             message=exchange.message,
             envelope=envelope,
         )
-        return await _run_chain(backend.chain, ctx, receive)
+        response = await _run_chain(backend.chain, ctx, receive)
+        describe_request(exchange.span, ctx)
+        return response
 
 
 async def _run_chain(
@@ -356,15 +356,6 @@ async def _cancel_on_disconnect(receive: ASGIReceive, scope: anyio.CancelScope) 
         scope.cancel()
         raise
     scope.cancel()
-
-
-def _describe_message(span: Span, message: JsonRpcMessage) -> None:
-    if message.method is not None:
-        span.set_attribute("mcp.method.name", message.method)
-    if message.id is not None:
-        span.set_attribute("jsonrpc.request.id", str(message.id))
-    if message.tool_name is not None:
-        span.set_attribute("gen_ai.tool.name", message.tool_name)
 
 
 def _preflight(exchange: Exchange) -> GatewayResponse:

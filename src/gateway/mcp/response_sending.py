@@ -14,6 +14,7 @@ from gateway.mcp.jsonrpc import INTERNAL_ERROR
 from gateway.mcp.request_checks import Exchange
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
 from gateway.mcp.sse import aclose_stream
+from gateway.tracing_attributes import STREAM_MS
 
 log = structlog.get_logger("gateway.mcp.response_sending")
 
@@ -70,7 +71,7 @@ async def send_response(
             outcome = StreamOutcome(completed=False, bytes_sent=0, error="send failed")
         exchange.span.set_attribute("http.response.status_code", status)
         exchange.span.set_attribute(
-            "gateway.stream_ms", round((time.perf_counter() - started) * 1000, 3)
+            STREAM_MS, round((time.perf_counter() - started) * 1000, 3)
         )
         await _run_on_close(exchange, response, outcome)
 

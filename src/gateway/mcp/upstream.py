@@ -29,6 +29,7 @@ from gateway.mcp.eras import (
 from gateway.mcp.headers import EVENT_STREAM, JSON
 from gateway.mcp.jsonrpc import decode, encode, read_response_envelope
 from gateway.mcp.response import GatewayResponse, StreamOutcome
+from gateway.mcp.trace_context import with_trace_meta
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -90,6 +91,11 @@ def upstream_headers(
 def upstream_body(ctx: RequestContext) -> bytes:
     """Return the body to send: the parsed message, encoded again.
 
+    A request or notification carries the current span's trace context in
+    ``params._meta`` (see :func:`gateway.mcp.trace_context.with_trace_meta`),
+    in both protocol eras, so an MCP server that reads it there, as the
+    official SDK does, continues the gateway's trace.
+
     Stages decide on the parsed message, but a body can hold a key twice
     (``"name"`` of ``tools/call``, or ``"method"``), and msgspec keeps the
     last one while a backend's parser may keep the first. Sending the parsed
@@ -99,7 +105,9 @@ def upstream_body(ctx: RequestContext) -> bytes:
     """
     if ctx.message is None:
         return ctx.body
-    return encode(ctx.message.data)
+    if ctx.message.kind == "response":
+        return encode(ctx.message.data)
+    return encode(with_trace_meta(ctx.message.data))
 
 
 def cancel_callback(ctx: RequestContext) -> Callable[[StreamOutcome], Awaitable[None]]:

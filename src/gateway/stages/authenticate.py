@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 
@@ -71,7 +73,9 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
     and ``iat`` are checked with the leeway, and the grant the token refers
     to must still exist. A token whose ``kid`` no loaded key has makes the
     gateway read its key file again (at most every 30 seconds), so that a
-    rotation by another process sharing the file is picked up.
+    rotation by another process sharing the file is picked up. A token
+    verified earlier is verified again once its key is no longer loaded, so
+    removing a key from the key file ends its tokens at once.
 
     Success provides ``principal`` and publishes ``RequestAuthenticated``.
     Failure ends the chain with HTTP 401 and publishes ``AuthenticationFailed``.
@@ -94,7 +98,7 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
 
     def __init__(self, *, name: str, config: Any, resources: Any) -> None:
         super().__init__(name=name, config=config, resources=resources)
-        self._verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._verified: OrderedDict[tuple[str, str], _Verified] = OrderedDict()
         gateway_config = getattr(resources, "config", None)
         signing = getattr(gateway_config, "signing", None)
         if signing is not None and signing.algorithm not in config.algorithms:
@@ -108,12 +112,29 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
 
     def _remember(self, token: str, resource: str, claims: dict[str, Any]) -> None:
         # A signature check costs more than the rest of this stage, and the
-        # same token comes back on every request of a session. Expiry is
-        # still checked on every hit, and the grant is looked up every time,
-        # so revocation applies at once.
-        self._verified[(token, resource)] = claims
+        # same token comes back on every request of a session. Expiry and the
+        # signing key are still checked on every hit, and the grant is looked
+        # up every time, so revocation applies at once.
+        self._verified[(token, resource)] = _Verified(claims, _header_kid(token))
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
+
+    def _cached_claims(
+        self, runtime: Any, token: str, resource: str
+    ) -> dict[str, Any] | None:
+        """Return the claims of a token verified before, if still usable as is.
+
+        None when the token was not verified before, has expired, or its
+        signing key is no longer loaded (removed from the key file).
+        """
+        verified = self._verified.get((token, resource))
+        if verified is None:
+            return None
+        if verified.claims["exp"] + self.config.leeway <= time.time():
+            return None
+        if verified.kid is None or not runtime.keys.knows(verified.kid):
+            return None
+        return verified.claims
 
     async def handle(
         self, ctx: RequestContext, call_next: Next[RequestContext, GatewayResponse]
@@ -135,8 +156,8 @@ class AuthenticateStage(BaseStage[RequestContext, GatewayResponse]):
         if not token:
             return await self._reject(ctx, "invalid_token", "the bearer token is empty")
         runtime = ctx.runtime
-        claims = self._verified.get((token, ctx.resource))
-        if claims is None or claims["exp"] + self.config.leeway <= time.time():
+        claims = self._cached_claims(runtime, token, ctx.resource)
+        if claims is None:
             try:
                 claims = await self._verify(runtime, token, ctx.resource)
             except AccessTokenError as exc:
@@ -248,6 +269,26 @@ def bearer_challenge(
         description = NOT_DESCRIPTION_CHARACTER.sub("", error_description)
         challenge += f', error="invalid_token", error_description="{description}"'
     return challenge
+
+
+class _Verified(NamedTuple):
+    """The claims of a verified token and the ``kid`` of the key that signed it."""
+
+    claims: dict[str, Any]
+    kid: str | None
+
+
+def _header_kid(token: str) -> str | None:
+    """Return the ``kid`` of a compact JWS header; call only after verifying it."""
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(
+            base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        )
+    except ValueError:
+        return None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None
 
 
 def _principal(claims: dict[str, Any]) -> Principal:

@@ -21,6 +21,8 @@ from gateway.facts import (
 )
 from gateway.mcp.jsonrpc import INTERNAL_ERROR
 from gateway.mcp.response import GatewayResponse, StreamOutcome, jsonrpc_error_response
+from gateway.oauth.grant_revocation import announce_revoked
+from gateway.oauth.grants import ID_TOKEN_REJECTED, Grant, GrantEndedError
 from gateway.stages.authenticate import UNAUTHORIZED, bearer_challenge
 from gateway.stages.forward import BACKEND_STATUS
 from pipeline import BaseStage, Next
@@ -83,9 +85,10 @@ class ExchangeStage(BaseStage[RequestContext, GatewayResponse]):
     publishing ``ExchangeFailed`` with the step and the OAuth error:
 
     - only a new sign-in helps (``reauthentication_required``): the gateway
-      grant is revoked and the answer is 401 with ``WWW-Authenticate: Bearer
-      error="invalid_token"`` and ``resource_metadata``, so the client signs
-      in again instead of refreshing;
+      grant is revoked, ``GrantRevoked`` is published with the cause, and the
+      answer is 401 with ``WWW-Authenticate: Bearer error="invalid_token"``
+      and ``resource_metadata``, so the client signs in again instead of
+      refreshing;
     - another refusal (``invalid_target``, ``unauthorized_client``, ...): HTTP
       200 with a JSON-RPC error whose ``data`` has ``reason`` and
       ``oauth_error``;
@@ -213,15 +216,60 @@ class ExchangeStage(BaseStage[RequestContext, GatewayResponse]):
         )
 
         if reason == REAUTHENTICATION_REQUIRED:
-            await ctx.runtime.grants.revoke(principal.grant_id)
-            log.info(
-                "exchange.grant_revoked",
-                request_id=ctx.request_id,
-                backend=backend,
-                client_id=principal.client_id,
-                user_sub=principal.sub,
-            )
+            await self._revoke_grant(ctx, principal, exc, oauth_error)
         return _failure_response(ctx, exc, step, oauth_error)
+
+    async def _revoke_grant(
+        self,
+        ctx: RequestContext,
+        principal: Principal,
+        exc: UpstreamError,
+        oauth_error: str | None,
+    ) -> None:
+        """Revoke the request's grant and announce it, unless that happened already.
+
+        The grant store may have revoked it while refreshing (then the error
+        carries the grant and the cause). Whoever ended the grant publishes
+        ``GrantRevoked`` once; a grant already ended elsewhere is not
+        announced again.
+        """
+        revoked: Grant | None = None
+        revocation_reason = ID_TOKEN_REJECTED
+        if isinstance(exc, GrantEndedError):
+            revocation_reason = exc.revocation_reason
+            revoked = exc.claim_revoked()
+            if revoked is not None and revoked.grant_id != principal.grant_id:
+                # Another grant's exchange failed, and this request waited for
+                # it; that grant is announced, and this one ends as well.
+                await self._announce(ctx, revoked, revocation_reason, oauth_error)
+                revoked = None
+        if revoked is None:
+            revoked = await ctx.runtime.grants.revoke(principal.grant_id)
+        if revoked is not None:
+            await self._announce(ctx, revoked, revocation_reason, oauth_error)
+
+    async def _announce(
+        self,
+        ctx: RequestContext,
+        grant: Grant,
+        revocation_reason: str,
+        oauth_error: str | None,
+    ) -> None:
+        log.info(
+            "exchange.grant_revoked",
+            request_id=ctx.request_id,
+            backend=ctx.backend_name,
+            client_id=grant.client_id,
+            user_sub=grant.user_sub,
+            reason=revocation_reason,
+        )
+        await announce_revoked(
+            ctx.runtime,
+            grant,
+            reason=revocation_reason,
+            stage=self.name,
+            oauth_error=oauth_error,
+        )
 
 
 def _failure_response(

@@ -436,7 +436,7 @@ async def test_exchange_spans_per_step_without_tokens(
     assert set(spans) == {"idjag token_exchange", "idjag jwt_bearer"}
     for span in spans.values():
         attributes = dict(span.attributes or {})
-        assert attributes["gateway.backend"] == "employees"
+        assert attributes["agent_proxy.backend"] == "employees"
         assert attributes["oauth.audience"] == AS_ISSUER
         assert "backend-token-1" not in repr(attributes)
         assert "t-1" not in attributes.values()

@@ -32,21 +32,24 @@ async def test_journal_commit_writes_offset(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_journal_compaction_resets_offset(tmp_path: Path) -> None:
-    """After a compaction the side file reads 0 and a restart keeps new entries."""
+async def test_journal_compaction_keeps_last_entry(tmp_path: Path) -> None:
+    """A compaction keeps only the newest entry, acknowledged, across a restart."""
     path = tmp_path / "audit.journal"
     journal = Journal(path, compact_bytes=16)
     for n in range(200):
         await journal.append(msgspec.json.encode({"n": n}))
     journal.commit(200)
-    assert offset_text(path) == "0"
-    assert path.read_bytes() == b""
+    assert path.read_bytes() == b'{"n":199}\n'
+    assert offset_text(path) == "10"
     for n in (200, 201):
         await journal.append(msgspec.json.encode({"n": n}))
     journal.commit(1)
-    assert offset_text(path) == "10"
+    assert offset_text(path) == "20"
     journal.close()
 
     reopened = Journal(path)
     assert [msgspec.json.decode(e)["n"] for e in reopened.peek(10)] == [201]
+    assert reopened.last_entry == b'{"n":201}'
+    reopened.commit(1)
     reopened.close()
+    assert Journal(path).last_entry == b'{"n":201}'

@@ -126,7 +126,11 @@ async def test_forward_post_headers_built_from_scratch() -> None:
             otel_context.detach(token)
 
     sent = backend.received[0]
-    assert json.loads(sent.body) == json.loads(raw)
+    sent_message = json.loads(sent.body)
+    # The trace context also travels in params._meta, the MCP carrier.
+    trace_meta = sent_message.pop("params")["_meta"]
+    assert sent_message == json.loads(raw)
+    assert trace_meta["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
     assert sent.headers["x-api-key"] == API_KEY
     assert sent.headers["mcp-session-id"] == "b-1"
     assert sent.headers["mcp-protocol-version"] == "2025-06-18"

@@ -18,6 +18,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel
 from starlette.applications import Starlette
 
+from gateway.asgi_tracing import ServerSpanMiddleware
+
 from .common import caller_of, send_log, transport_security
 from .jwt_verifier import JwtAccessTokenVerifier
 
@@ -201,4 +203,5 @@ def create_employees_app(
             await verifier.aclose()
 
     app.router.lifespan_context = lifespan
+    app.add_middleware(ServerSpanMiddleware, component="employees", routes=("/mcp",))
     return app

@@ -13,6 +13,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.asgi_tracing import ServerSpanMiddleware
+
 from .common import HandshakeOnly, send_log, transport_security
 
 __all__ = ["ApiKeyMiddleware", "create_partners_app"]
@@ -189,4 +191,5 @@ def create_partners_app(
     )
     if handshake_only:
         app = HandshakeOnly(app)
-    return ApiKeyMiddleware(app, api_key=api_key, header=header)
+    app = ApiKeyMiddleware(app, api_key=api_key, header=header)
+    return ServerSpanMiddleware(app, component="partners", routes=("/mcp",))
