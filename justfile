@@ -22,6 +22,11 @@ run config="config/gateway.yaml":
 check config="config/gateway.yaml":
     {{bin}}agent-proxy check --config {{config}}
 
+# Regenerate the published JSON Schemas: the config file's and the audit events'.
+schema:
+    {{bin}}python -m gateway.config.schema > config/gateway.schema.json
+    {{bin}}python -m gateway.audit.schema > observability/audit-events.schema.json
+
 # Run the whole test suite.
 test *args:
     {{bin}}pytest {{args}}

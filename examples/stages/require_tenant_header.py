@@ -20,7 +20,7 @@ from gateway.events import AgentRef, GatewayEvent, UserRef
 from gateway.facts import AGENT, PRINCIPAL, AgentIdentity, Principal
 from gateway.mcp.jsonrpc import INVALID_REQUEST
 from gateway.mcp.response import GatewayResponse, jsonrpc_error_response
-from pipeline import BaseStage, Next
+from pipeline import BaseStage, Event, Next
 
 TENANT = "tenant"
 """The fact this stage provides: the tenant named by the request."""
@@ -76,10 +76,16 @@ class RequireTenantHeaderStage(BaseStage[RequestContext, GatewayResponse]):
     Otherwise the stage provides the ``tenant`` fact, records it on its span
     as ``gateway.tenant`` and calls the rest of the chain. It does not
     change the response.
+
+    It must run after ``audit``, so that audit records its rejections, and
+    before ``exchange``, so that a rejected request costs no token exchange.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({PRINCIPAL})
     provides: ClassVar[frozenset[str]] = frozenset({TENANT})
+    after: ClassVar[frozenset[str]] = frozenset({"audit"})
+    before: ClassVar[frozenset[str]] = frozenset({"exchange"})
+    events: ClassVar[tuple[type[Event], ...]] = (TenantRejected,)
     stability = "alpha"
     Config = RequireTenantHeaderConfig
 

@@ -22,11 +22,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from gateway.agents import AgentResolver
 from gateway.audit.config import AuditConfig
 from gateway.audit.subscribers import subscribe_audit_sinks
-from gateway.chains import instantiate, plan_backend_chains
+from gateway.chains import audit_settings_key, plan_backend_chains
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.exchange.service import CredentialService
-from gateway.mcp.backend import BackendClient
+from gateway.generation import build_generation, mirror
 from gateway.mcp.endpoint import McpEndpoint
 from gateway.mcp.headers import read_headers
 from gateway.oauth.clients import ClientRegistry
@@ -41,7 +41,7 @@ from gateway.oauth.routes import OAUTH_PATHS, create_oauth_handlers
 from gateway.oauth.upstream_clients import UpstreamClients
 from gateway.observability import Observability
 from gateway.request_log import log_http_request
-from gateway.runtime import BackendRuntime, Runtime, current_request_id
+from gateway.runtime import Runtime, current_request_id
 from gateway.sessions import SessionStore
 from gateway.store import MemoryStore, Store
 from gateway.telemetry import instrument_http_client
@@ -60,14 +60,29 @@ class Gateway:
     """A gateway ready to serve.
 
     Attributes:
-        runtime: The shared services.
+        runtime: The runtime of the current config, which new requests get
+            (see :mod:`gateway.generation`); a reload replaces it.
         asgi: The ASGI application: MCP endpoints first, then the Litestar app.
         warnings: Configuration warnings found at start-up.
+        base: The runtime that owns the shared services, for long-lived tasks
+            such as the admin API; its config follows the current one.
+        observability: The metrics, readiness checks and ops endpoints.
     """
 
     runtime: Runtime
     asgi: ASGIApp
     warnings: list[str]
+    base: Runtime
+    observability: Observability
+
+    def install(self, runtime: Runtime) -> None:
+        """Serve new requests with ``runtime``; requests in flight keep theirs.
+
+        Runs without awaiting, so every request sees the whole switch or none.
+        """
+        mirror(self.base, runtime)
+        self.asgi.install(runtime)
+        self.runtime = runtime
 
 
 def var_path(config: GatewayConfig, relative: str) -> Path:
@@ -77,8 +92,14 @@ def var_path(config: GatewayConfig, relative: str) -> Path:
 
 
 def audit_config(config: GatewayConfig) -> AuditConfig:
-    """Return the audit settings (``stages.audit``), validated at chain planning."""
-    return msgspec.convert(config.stages.get("audit") or {}, AuditConfig)
+    """Return the audit settings, validated at chain planning.
+
+    They sit under ``stages.audit`` or under one audit instance such as
+    ``stages.audit/main``; chain planning rejects settings on two of them.
+    """
+    key = audit_settings_key(config)
+    settings = config.stages.get(key) if key is not None else None
+    return msgspec.convert(settings or {}, AuditConfig, strict=False)
 
 
 @asynccontextmanager
@@ -144,21 +165,13 @@ async def open_gateway(
         config.oauth.clients, jwks=client_jwks
     )
     _subscribe(runtime, config)
-    for name, plan in plans.items():
-        backend = config.backends[name]
-        runtime.backends[name] = BackendRuntime(
-            name=name,
-            config=backend,
-            resource=runtime.resource_for(name),
-            chain=instantiate(plan, runtime),
-            client=BackendClient(backend),
-        )
-        runtime.by_path[backend.path] = name
+    generation = build_generation(runtime, config, plans)
+    mirror(runtime, generation)
 
     oauth_app = Litestar(
         route_handlers=create_oauth_handlers(middleware=oauth_middleware),
         exception_handlers=oauth_exception_handlers(),
-        state=State({"runtime": runtime}),
+        state=State({"runtime": generation}),
         openapi_config=None,
         # Litestar's default logging config replaces the root logger's
         # handlers, which would bypass the redacting log set-up.
@@ -166,7 +179,7 @@ async def open_gateway(
         debug=False,
     )
     observability = Observability.build(runtime)
-    asgi = _Dispatcher(McpEndpoint(runtime), oauth_app, runtime, observability)
+    asgi = _Dispatcher(McpEndpoint(generation), oauth_app, generation, observability)
     try:
         async with anyio.create_task_group() as tg:
             bus.start(tg)
@@ -178,7 +191,13 @@ async def open_gateway(
                 backends=sorted(runtime.backends),
             )
             try:
-                yield Gateway(runtime=runtime, asgi=asgi, warnings=warnings)
+                yield Gateway(
+                    runtime=generation,
+                    asgi=asgi,
+                    warnings=warnings,
+                    base=runtime,
+                    observability=observability,
+                )
             finally:
                 key_maintenance.cancel()
                 with anyio.CancelScope(shield=True):
@@ -241,13 +260,28 @@ class _Dispatcher:
         self.runtime = runtime
         self.ops = observability.ops
 
+    def install(self, runtime: Runtime) -> None:
+        """Send new requests to ``runtime``'s endpoints and OAuth state."""
+        self.runtime = runtime
+        self.mcp = McpEndpoint(runtime)
+        self.app.state.runtime = runtime
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if path in self.runtime.by_path or path.rstrip("/") in self.runtime.by_path:
-            await self.mcp(scope, receive, send)
+        # One read of the current endpoint: a reload replaces it, and the
+        # request keeps this one, with its runtime, to its end.
+        mcp = self.mcp
+        by_path = mcp.runtime.by_path
+        if path in by_path or path.rstrip("/") in by_path:
+            active = mcp.runtime.active
+            active.enter()
+            try:
+                await mcp(scope, receive, send)
+            finally:
+                active.leave()
             return
         if path in self.ops.paths:
             await self.ops(scope, receive, send)

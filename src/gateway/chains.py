@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.config import GatewayConfig, NoAuth
 from gateway.context import RequestContext
 from gateway.errors import ConfigError
+from gateway.events import GatewayEvent, audit_event_union
 from gateway.facts import (
     AGENT,
     BACKEND_CREDENTIALS,
@@ -26,10 +28,10 @@ from pipeline import (
     ChainConfigError,
     ChainPlan,
     Next,
-    StageDeclaration,
     StageRegistry,
     build_chain,
     plan_chain,
+    stage_type,
 )
 from pipeline.stage import NoConfig
 
@@ -88,6 +90,13 @@ def plan_backend_chains(
 ) -> tuple[dict[str, BackendChainPlan], list[str]]:
     """Validate the chain of every backend.
 
+    Besides the checks of :func:`pipeline.plan_chain` on each chain, this
+    reports problems of the installed plug-in stages and settings that no
+    chain uses. It also reports policies that name a backend whose chain
+    does not use them, audit sinks set on more than one ``audit`` instance,
+    and custom event classes that are not gateway events or reuse another
+    event's ``type``.
+
     Returns:
         The plan per backend name, and warnings (such as a chain without
         ``audit``).
@@ -96,7 +105,7 @@ def plan_backend_chains(
         ConfigError: Listing every problem of every chain at once.
     """
     registry = registry or builtin_registry()
-    problems: list[str] = []
+    problems: list[str] = list(registry.problems)
     warnings: list[str] = []
     plans: dict[str, BackendChainPlan] = {}
     default_result: ChainPlan | ChainConfigError | None = None
@@ -136,10 +145,13 @@ def plan_backend_chains(
             f'{source}: the chain has no "audit" stage, so its requests are not '
             'audited; add "audit" as the first stage'
         )
-        if "audit" not in refs and warning not in warnings:
+        has_audit = any(stage_type(ref) == "audit" for ref in refs)
+        if not has_audit and warning not in warnings:
             warnings.append(warning)
         plans[name] = BackendChainPlan(name, source, result, backend.anonymous)
     problems.extend(_unknown_policy_backends(config))
+    problems.extend(_shared_audit_settings(config))
+    problems.extend(event_problems(plans.values()))
     for key in config.stages:
         if key not in used:
             problems.append(
@@ -151,27 +163,132 @@ def plan_backend_chains(
     return plans, warnings
 
 
+def chain_refs(config: GatewayConfig, backend: str) -> list[str]:
+    """Return the references of a backend's chain: its own or the default."""
+    own = config.backends[backend].pipeline
+    return own if own is not None else config.pipeline
+
+
 _BACKEND_KEYED_SETTINGS = ("tool_scopes", "require_verified_agent")
 """Settings of ``authorize`` stages that name backends."""
 
 
 def _unknown_policy_backends(config: GatewayConfig) -> list[str]:
-    # A misspelt backend name in a policy would silently apply to nothing.
+    # A misspelt backend name in a policy would silently apply to nothing, and
+    # so would a policy of an instance that the backend's chain does not run.
     problems: list[str] = []
     for key, settings in config.stages.items():
-        if key.split("/", 1)[0] != "authorize" or not isinstance(settings, dict):
+        if stage_type(key) != "authorize" or not isinstance(settings, dict):
             continue
         for setting in _BACKEND_KEYED_SETTINGS:
             named = settings.get(setting)
             if not isinstance(named, (dict, list)):
                 continue
             for backend in named:
-                if isinstance(backend, str) and backend not in config.backends:
+                if not isinstance(backend, str):
+                    continue
+                where = f"stages.{key}.{setting}"
+                if backend not in config.backends:
                     problems.append(
-                        f"stages.{key}.{setting}: unknown backend {backend!r}; "
+                        f"{where}: unknown backend {backend!r}; "
                         f"use one of: {', '.join(sorted(config.backends))}"
                     )
+                elif key not in chain_refs(config, backend):
+                    problems.append(
+                        f"{where}: backend {backend!r} does not run {key!r}, so "
+                        f"this setting would never apply; add {key!r} to its "
+                        "chain or move the setting to the authorize stage it runs"
+                    )
     return problems
+
+
+def audit_settings_key(config: GatewayConfig) -> str | None:
+    """Return the ``stages`` key that contains the audit sink settings, if any.
+
+    The key is ``audit`` or an instance such as ``audit/main``. Chain
+    planning rejects a config where more than one key contains them.
+    """
+    for key in config.stages:
+        if stage_type(key) == "audit":
+            return key
+    return None
+
+
+def _shared_audit_settings(config: GatewayConfig) -> list[str]:
+    # The sinks subscribe to the whole bus, not to one chain, so one set of
+    # sink settings serves every chain and every audit instance.
+    keys = [key for key in config.stages if stage_type(key) == "audit"]
+    return [
+        f"stages.{key}: the audit sinks are already set under stages.{keys[0]}; "
+        "they receive the events of every chain, so set them under one audit "
+        "instance only and remove these settings"
+        for key in keys[1:]
+    ]
+
+
+def stage_event_types(plans: Iterable[BackendChainPlan]) -> list[type[GatewayEvent]]:
+    """Return the event classes that the stages of these chains declare.
+
+    Each class appears once, in chain order. Built-in stages publish only
+    the gateway's own events and declare none.
+    """
+    found: list[type[GatewayEvent]] = []
+    for plan in plans:
+        for decl in plan.plan.declarations:
+            for event in getattr(decl.cls, "events", ()):
+                if issubclass(event, GatewayEvent) and event not in found:
+                    found.append(event)
+    return found
+
+
+def event_problems(plans: Iterable[BackendChainPlan]) -> list[str]:
+    """Check the event classes that stages declare.
+
+    Each must derive from :class:`gateway.events.GatewayEvent`, so that it
+    carries the common audit fields, and its ``type`` tag must not be the
+    tag of another event class: readers of the audit file tell events apart
+    by that tag alone.
+    """
+    builtin = {
+        _event_tag(cls): cls
+        for cls in _union_members(audit_event_union())
+        if cls.__module__.startswith("gateway.")
+    }
+    claimed: dict[str, tuple[type[Any], str]] = {}
+    problems: list[str] = []
+    for plan in plans:
+        for decl in plan.plan.declarations:
+            for event in getattr(decl.cls, "events", ()):
+                where = f"{decl.path}: stage {decl.ref!r} declares the event"
+                name = f"{event.__module__}.{event.__qualname__}"
+                if not issubclass(event, GatewayEvent):
+                    problem = (
+                        f"{where} {name}, which does not derive from "
+                        "gateway.events.GatewayEvent; derive it from "
+                        "GatewayEvent so that it carries the common audit fields"
+                    )
+                else:
+                    tag = _event_tag(event)
+                    other, owner = claimed.get(tag, (builtin.get(tag), "the gateway"))
+                    if other is None or other is event:
+                        claimed[tag] = (event, repr(decl.ref))
+                        continue
+                    problem = (
+                        f"{where} {name}, whose type {tag!r} is already the type "
+                        f"of {other.__module__}.{other.__qualname__} (declared by "
+                        f"{owner}); rename the class or set its tag"
+                    )
+                if problem not in problems:
+                    problems.append(problem)
+    return problems
+
+
+def _event_tag(cls: type[Any]) -> str:
+    return str(cls.__struct_config__.tag)
+
+
+def _union_members(union: Any) -> tuple[type[Any], ...]:
+    return tuple(getattr(union, "__args__", (union,)))
 
 
 def instantiate(plan: BackendChainPlan, resources: Any) -> Chain[Any, Any]:
@@ -181,21 +298,3 @@ def instantiate(plan: BackendChainPlan, resources: Any) -> Chain[Any, Any]:
         return chain
     anonymous = AnonymousStage(name="anonymous", config=NoConfig(), resources=resources)
     return Chain([anonymous, *chain.stages])
-
-
-def describe(plan: BackendChainPlan) -> list[str]:
-    """Return printable lines describing a backend's chain, for ``check``."""
-    lines = [f"backend {plan.backend} ({plan.source}):"]
-    for index, decl in enumerate(plan.plan.declarations):
-        lines.append(_describe_stage(index, decl))
-    return lines
-
-
-def _describe_stage(index: int, decl: StageDeclaration) -> str:
-    requires = ", ".join(sorted(decl.cls.requires)) or "-"
-    provides = ", ".join(sorted(decl.cls.provides)) or "-"
-    terminal = " (terminal)" if decl.cls.terminal else ""
-    return (
-        f"  {index + 1}. {decl.ref}{terminal}  requires: {requires}  "
-        f"provides: {provides}"
-    )

@@ -7,11 +7,13 @@ import importlib.util
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
 from gateway.audit.cli import add_audit_commands, run_audit
+from gateway.cli_check import add_check_parser, run_check
 from gateway.cli_keys import add_keys_parser, run_keys_command
 from gateway.cli_revoke import add_revoke_parser, run_revoke
 from gateway.config import GatewayConfig, load_config
@@ -19,6 +21,9 @@ from gateway.config.model import TelemetryConfig
 from gateway.config.okta_checks import okta_warnings, read_raw_config
 from gateway.errors import ConfigError
 from gateway.telemetry import configure_logging, configure_tracing
+
+if TYPE_CHECKING:
+    from gateway.reload import ConfigSource
 
 DEFAULT_CONFIG = Path("config/gateway.yaml")
 
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         level="WARNING" if quiet else "INFO",
     )
     if args.command == "check":
-        return _check(args.config)
+        return run_check(args)
     if args.command == "revoke":
         return run_revoke(args)
     if args.command == "keys":
@@ -101,13 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     add_keys_parser(commands, DEFAULT_CONFIG)
     add_audit_commands(commands)
 
-    check = commands.add_parser("check", help="validate a config and print its chains")
-    check.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        help=f"config file (default: {DEFAULT_CONFIG})",
-    )
+    add_check_parser(commands, DEFAULT_CONFIG)
     return parser
 
 
@@ -126,28 +125,6 @@ def _print_problems(path: Path, problems: list[str]) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
-def _check(path: Path) -> int:
-    from gateway.chains import describe, plan_backend_chains
-
-    config = _load(path)
-    if config is None:
-        return 1
-    try:
-        plans, warnings = plan_backend_chains(config)
-    except ConfigError as exc:
-        _print_problems(path, exc.problems)
-        return 1
-    print(f"{path}: valid")
-    for plan in plans.values():
-        for line in describe(plan):
-            print(line)
-    for warning in warnings:
-        print(f"warning: {warning}")
-    for okta_warning in okta_warnings(config, read_raw_config(path)):
-        print(f"warning: {okta_warning}")
-    return 0
-
-
 def _run(path: Path) -> int:
     from gateway.admin import (
         AdminSocket,
@@ -158,6 +135,7 @@ def _run(path: Path) -> int:
     from gateway.app import open_gateway
     from gateway.chains import plan_backend_chains
     from gateway.demo.serve import bind_socket, serve_app
+    from gateway.reload import ConfigReloader, ConfigSource
 
     config = _load(path)
     if config is None:
@@ -200,8 +178,9 @@ def _run(path: Path) -> int:
     async def serve() -> None:
         async with open_gateway(config) as gateway, anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            await tg.start(ConfigReloader(gateway, ConfigSource.file(path)).run)
             if admin is not None:
-                tg.start_soon(serve_admin, gateway.runtime, admin)
+                tg.start_soon(serve_admin, gateway.base, admin)
             log.info("gateway.listening", address=f"{host}:{port}")
             await serve_app(
                 gateway.asgi,
@@ -255,9 +234,13 @@ def _demo(*, check: bool, var_dir: Path, ephemeral: bool) -> int:
 
 
 async def _serve_demo(stack: object) -> int:
-    """Serve a running demo, with its admin API, until SIGTERM or SIGINT."""
+    """Serve a running demo, with its admin API, until SIGTERM or SIGINT.
+
+    ``SIGHUP`` and changes of the packaged demo config reload it.
+    """
     from gateway.admin import admin_socket_path, bind_admin_socket, serve_admin
     from gateway.demo.runner import DemoStack
+    from gateway.reload import ConfigReloader
 
     assert isinstance(stack, DemoStack)
     admin_path = admin_socket_path(stack.config)
@@ -272,13 +255,28 @@ async def _serve_demo(stack: object) -> int:
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            reloader = ConfigReloader(stack.gateway, _demo_source(stack))
+            await tg.start(reloader.run)
             if admin is not None:
-                tg.start_soon(serve_admin, stack.gateway.runtime, admin)
+                tg.start_soon(serve_admin, stack.gateway.base, admin)
             await anyio.sleep_forever()
     finally:
         if admin is not None:
             admin.remove()
     return 0
+
+
+def _demo_source(stack: object) -> ConfigSource:
+    """Return the packaged demo config, read with the running demo's addresses."""
+    from importlib.resources import files
+
+    from gateway.demo.runner import DemoStack, demo_config
+    from gateway.reload import ConfigSource
+
+    assert isinstance(stack, DemoStack)
+    path = Path(str(files("gateway.demo").joinpath("gateway.yaml")))
+    var_dir = Path(stack.config.server.var_dir)
+    return ConfigSource(path, lambda text: demo_config(stack.urls, var_dir, text=text))
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

@@ -175,7 +175,11 @@ class SessionResumed(GatewayEvent, frozen=True, kw_only=True):
 
 
 class SessionEnded(GatewayEvent, frozen=True, kw_only=True):
-    """A session was ended by DELETE or expiry."""
+    """A session was ended by DELETE or expiry.
+
+    A config reload that removes a session's backend ends the session too,
+    with reason ``backend_removed``.
+    """
 
     session: str
 
@@ -188,6 +192,36 @@ class SessionRejected(GatewayEvent, frozen=True, kw_only=True):
 
     status: int
     detail: str
+
+
+class RateLimited(GatewayEvent, frozen=True, kw_only=True):
+    """A request was over its user and agent's rate limit and got 429.
+
+    Attributes:
+        retry_after: The ``Retry-After`` sent, in whole seconds.
+        per_minute: The sustained rate of the limit that applied.
+        burst: The burst of the limit that applied.
+    """
+
+    retry_after: int
+    per_minute: int
+    burst: int
+
+
+class ResultRedacted(GatewayEvent, frozen=True, kw_only=True):
+    """Matches of configured patterns were removed from a result.
+
+    Published once per response, when it is finished, if anything was
+    removed. The removed values are never recorded.
+
+    Attributes:
+        counts: Matches replaced, per pattern name.
+        oversized: Strings replaced whole because they were longer than the
+            stage scans, or nested deeper than it walks.
+    """
+
+    counts: dict[str, int]
+    oversized: int = 0
 
 
 class BackendFailed(GatewayEvent, frozen=True, kw_only=True):
@@ -372,6 +406,66 @@ class SigningKeyRotated(GatewayEvent, frozen=True, kw_only=True):
     kid: str
     previous_kid: str
     algorithm: str
+
+
+# Configuration --------------------------------------------------------------
+
+
+ReloadTrigger = Literal["sighup", "file_change"]
+"""What started a config reload: the ``SIGHUP`` signal or a change of the file."""
+
+
+class ConfigReloaded(GatewayEvent, frozen=True, kw_only=True):
+    """A reloaded config was validated and now serves new requests.
+
+    Requests in flight at the switch finish with the previous config. The
+    lists name backends, agents and YAML key paths, never values.
+
+    Attributes:
+        source: What started the reload.
+        config_sha256: The SHA-256 (hex) of the config file now serving.
+        previous_config_sha256: The SHA-256 (hex) of the file it replaced.
+        backends_added: Backends new in this config.
+        backends_removed: Backends gone; their sessions end.
+        backends_changed: Backends whose settings changed; they get a new
+            HTTP connection pool.
+        chains_changed: Backends kept whose chain has other stages or stage
+            settings.
+        agents_changed: Agents added, removed or changed, and
+            ``default_agent`` when its policy changed.
+        changed: Every changed key path that now applies.
+        restart_required: Changed key paths that apply only after a restart;
+            until then the gateway keeps their previous values.
+    """
+
+    source: ReloadTrigger
+    config_sha256: str
+    previous_config_sha256: str | None = None
+    backends_added: list[str] = msgspec.field(default_factory=list)
+    backends_removed: list[str] = msgspec.field(default_factory=list)
+    backends_changed: list[str] = msgspec.field(default_factory=list)
+    chains_changed: list[str] = msgspec.field(default_factory=list)
+    agents_changed: list[str] = msgspec.field(default_factory=list)
+    changed: list[str] = msgspec.field(default_factory=list)
+    restart_required: list[str] = msgspec.field(default_factory=list)
+
+
+class ConfigRejected(GatewayEvent, frozen=True, kw_only=True):
+    """A reloaded config was invalid, so the previous config keeps serving.
+
+    Attributes:
+        source: What started the reload.
+        config_sha256: The SHA-256 (hex) of the rejected file; None when it
+            could not be read.
+        current_config_sha256: The SHA-256 (hex) of the config still serving.
+        errors: Every problem found, each with its YAML path, as
+            ``agent-proxy check`` prints them.
+    """
+
+    source: ReloadTrigger
+    config_sha256: str | None = None
+    current_config_sha256: str | None = None
+    errors: list[str]
 
 
 def audit_event_union() -> Any:

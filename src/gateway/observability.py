@@ -14,7 +14,7 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup
 
-from gateway.health import ReadinessChecker, gateway_checks
+from gateway.health import Check, ReadinessChecker, gateway_checks
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_setup import build_gateway_metrics
 from gateway.ops import OpsEndpoints
@@ -71,15 +71,8 @@ class Observability:
             health_http = httpx.AsyncClient(
                 timeout=telemetry.health.timeout, follow_redirects=False
             )
-            checks = gateway_checks(runtime, health_http)
-            if not telemetry.health.check_backends:
-                checks = {
-                    check_name: check
-                    for check_name, check in checks.items()
-                    if not check_name.startswith("backend:")
-                }
             readiness = ReadinessChecker(
-                checks,
+                _readiness_checks(runtime, health_http),
                 timeout=telemetry.health.timeout,
                 cache_seconds=telemetry.health.cache_seconds,
             )
@@ -89,6 +82,18 @@ class Observability:
             metrics_token=telemetry.metrics.bearer_token,
         )
         return cls(metrics, readiness, ops, health_http)
+
+    def follow(self, runtime: Runtime) -> None:
+        """Time the new chains and check the backends of a reloaded config.
+
+        A chain kept from the previous config keeps its timer.
+        """
+        if self.metrics is not None:
+            for name, backend in runtime.backends.items():
+                if backend.chain.stage_timer is None:
+                    backend.chain.stage_timer = self.metrics.stage_timer(name)
+        if self.readiness is not None and self._health_http is not None:
+            self.readiness.checks = _readiness_checks(runtime, self._health_http)
 
     def start(self, task_group: TaskGroup) -> None:
         """Start reading the session count periodically when metrics go to OTLP.
@@ -105,3 +110,12 @@ class Observability:
             await anyio.to_thread.run_sync(self.metrics.shutdown)
         if self._health_http is not None:
             await self._health_http.aclose()
+
+
+def _readiness_checks(runtime: Runtime, http: httpx.AsyncClient) -> dict[str, Check]:
+    checks = gateway_checks(runtime, http)
+    if runtime.config.telemetry.health.check_backends:
+        return checks
+    return {
+        name: check for name, check in checks.items() if not name.startswith("backend:")
+    }

@@ -6,6 +6,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgspec
 
 from pipeline import Chain, EventBus, current_ids
@@ -33,6 +34,38 @@ The dispatcher in front of the Litestar app sets it for each request, so that
 events published by the OAuth endpoints carry the id that the response sends
 as ``X-Request-Id``.
 """
+
+
+class ActiveRequests:
+    """A count of the requests in flight on one runtime, awaitable until zero.
+
+    A reload waits on the count of the runtime it replaced before it closes
+    the HTTP clients that only that runtime used.
+    """
+
+    __slots__ = ("_idle", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: anyio.Event | None = None
+
+    def enter(self) -> None:
+        """Count a request that starts."""
+        self.count += 1
+
+    def leave(self) -> None:
+        """Count a request that ended, and wake the waiters at zero."""
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight."""
+        while self.count:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
 
 
 @dataclass
@@ -72,6 +105,12 @@ class Runtime:
         by_path: Backend name by gateway path.
         upstream_clients: ``upstream`` and every agent's own client at the
             IdP; None when the runtime has ``upstream`` only.
+        active: The MCP requests in flight on this runtime.
+
+    A config reload builds a new runtime that shares the services and has its
+    own ``config``, ``agents``, ``credentials`` view, ``backends`` and
+    ``by_path`` (see :mod:`gateway.generation`). A request keeps the runtime
+    it started on, so stages read config through ``ctx.runtime``.
     """
 
     config: GatewayConfig
@@ -86,6 +125,7 @@ class Runtime:
     backends: dict[str, BackendRuntime] = field(default_factory=dict)
     by_path: dict[str, str] = field(default_factory=dict)
     upstream_clients: UpstreamClients | None = None
+    active: ActiveRequests = field(default_factory=ActiveRequests, repr=False)
 
     @property
     def issuer(self) -> str:

@@ -11,7 +11,14 @@ from pipeline.context import Context, MissingFactError
 from pipeline.errors import ChainConfigError, PipelineError, TerminalStageError
 from pipeline.events import Event, event_union, new_event_id, utc_now
 from pipeline.journal import Journal
-from pipeline.registry import StageLookupError, StageRegistry
+from pipeline.registry import (
+    StageLookupError,
+    StageOrigin,
+    StageRef,
+    StageRegistry,
+    parse_ref,
+    stage_type,
+)
 from pipeline.stage import BaseStage, Next, NoConfig, Stage
 from pipeline.tracing import current_ids
 
@@ -32,12 +39,16 @@ __all__ = [
     "Stage",
     "StageDeclaration",
     "StageLookupError",
+    "StageOrigin",
+    "StageRef",
     "StageRegistry",
     "TerminalStageError",
     "build_chain",
     "current_ids",
     "event_union",
     "new_event_id",
+    "parse_ref",
     "plan_chain",
+    "stage_type",
     "utc_now",
 ]

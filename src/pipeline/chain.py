@@ -12,7 +12,16 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from pipeline.errors import ChainConfigError, TerminalStageError
-from pipeline.registry import StageLookupError, StageRegistry
+from pipeline.events import Event
+from pipeline.registry import (
+    REGISTERED,
+    StageLookupError,
+    StageOrigin,
+    StageRegistry,
+    parse_ref,
+    stage_type,
+)
+from pipeline.settings import decode_settings
 from pipeline.stage import CtxT, NoConfig, RespT, Stage
 
 _tracer = trace.get_tracer("pipeline")
@@ -81,16 +90,29 @@ class StageDeclaration:
     """The declaration of one stage of a built chain.
 
     Attributes:
-        ref: The reference as written in YAML.
+        ref: The reference as written in YAML, such as ``authorize/strict``.
         path: The YAML path of the reference, such as ``pipeline[2]``.
         cls: The stage class.
         settings: The decoded settings Struct.
+        origin: Where the class came from: registered by the host, an entry
+            point, or an import path.
     """
 
     ref: str
     path: str
     cls: type[Any]
     settings: msgspec.Struct
+    origin: StageOrigin = REGISTERED
+
+    @property
+    def type_name(self) -> str:
+        """The stage type: the reference without its ``/instance`` suffix."""
+        return stage_type(self.ref)
+
+    @property
+    def instance(self) -> str | None:
+        """The instance name after ``/``, or None."""
+        return parse_ref(self.ref).instance
 
 
 @dataclass
@@ -117,6 +139,17 @@ def plan_chain(
     check_unused_settings: bool = True,
 ) -> ChainPlan:
     """Validate a chain declaration and decode each stage's settings.
+
+    The checks, all reported together:
+
+    - each reference is well formed, names a known type or an importable
+      class, and appears once (two instances of one type may both appear);
+    - each class has the stage attributes, and its ``events`` are
+      :class:`~pipeline.events.Event` subclasses;
+    - each stage's settings decode into its ``Config``, with no unknown key;
+    - each fact a stage requires is given or provided by a stage before it;
+    - each ``before``/``after`` constraint holds between the types present;
+    - the chain ends with its only terminal stage.
 
     Args:
         refs: Stage references, outermost first.
@@ -146,7 +179,8 @@ def plan_chain(
         if ref in first_seen:
             problems.append(
                 f'{where}: stage "{ref}" appears twice (first at '
-                f"{path}[{first_seen[ref]}]); remove one of them"
+                f"{path}[{first_seen[ref]}]); remove one of them, or give each "
+                f'its own instance name, such as "{stage_type(ref)}/second"'
             )
             resolved.append(None)
             continue
@@ -164,17 +198,18 @@ def plan_chain(
             continue
         resolved.append(cls)
         config_type = getattr(cls, "Config", NoConfig)
-        raw = settings.get(ref)
-        if raw is None:
-            raw = {}
-        try:
-            config = msgspec.convert(raw, config_type, str_keys=True)
-        except msgspec.ValidationError as exc:
-            problems.append(f"{settings_path}.{ref}: {_describe(exc)}")
+        config, problem = decode_settings(
+            settings.get(ref), config_type, f"{settings_path}.{ref}"
+        )
+        if problem:
+            problems.append(problem)
             continue
-        declarations.append(StageDeclaration(ref, where, cls, config))
+        declarations.append(
+            StageDeclaration(ref, where, cls, config, registry.origin(ref))
+        )
 
     problems.extend(_check_facts(refs, resolved, registry, path, given))
+    problems.extend(_check_order(refs, resolved, path))
     problems.extend(_check_terminal(refs, resolved, registry, path))
     for key in settings if check_unused_settings else ():
         if key not in first_seen:
@@ -200,10 +235,35 @@ def build_chain(
     return Chain(stages)
 
 
+_NAME_SETS = ("requires", "provides", "before", "after")
+
+
 def _check_stage_class(cls: type[Any]) -> str | None:
     for attr in ("requires", "provides", "terminal", "handle"):
         if not hasattr(cls, attr):
             return f"is not a stage: class {cls.__qualname__} has no {attr!r}"
+    for attr in _NAME_SETS:
+        names: object = getattr(cls, attr, frozenset())
+        valid = isinstance(names, (frozenset, set, tuple, list)) and all(
+            isinstance(name, str) for name in names
+        )
+        if not valid:
+            return (
+                f"has an invalid {attr!r}: class {cls.__qualname__} must set it to "
+                f"a frozenset of strings, not {names!r}"
+            )
+    events = getattr(cls, "events", ())
+    if not isinstance(events, (tuple, list)):
+        return (
+            f"has an invalid 'events': class {cls.__qualname__} must set it to a "
+            f"tuple of event classes, not {events!r}"
+        )
+    for event in events:
+        if not (isinstance(event, type) and issubclass(event, Event)):
+            return (
+                f"declares the event {event!r}, which is not a subclass of "
+                "pipeline.Event"
+            )
     return None
 
 
@@ -249,6 +309,40 @@ def _provider_hint(
     return f'add a stage that provides "{fact}" before it'
 
 
+def _check_order(
+    refs: Sequence[str], resolved: Sequence[type[Any] | None], path: str
+) -> list[str]:
+    # Constraints name stage types, so one naming "authorize" applies to
+    # "authorize/strict" too. A type absent from the chain constrains nothing.
+    positions: dict[str, list[int]] = {}
+    for index, ref in enumerate(refs):
+        positions.setdefault(stage_type(ref), []).append(index)
+    problems: list[str] = []
+    for index, (ref, cls) in enumerate(zip(refs, resolved, strict=True)):
+        if cls is None:
+            continue
+        own_type = stage_type(ref)
+        for other in sorted(getattr(cls, "before", ())):
+            for later in positions.get(other, []) if other != own_type else []:
+                if later < index:
+                    problems.append(
+                        f'{path}[{index}]: stage "{ref}" must come before '
+                        f'"{refs[later]}" ({path}[{later}]), because its class '
+                        f'declares before "{other}"; move "{ref}" above '
+                        f'"{refs[later]}"'
+                    )
+        for other in sorted(getattr(cls, "after", ())):
+            for earlier in positions.get(other, []) if other != own_type else []:
+                if earlier > index:
+                    problems.append(
+                        f'{path}[{index}]: stage "{ref}" must come after '
+                        f'"{refs[earlier]}" ({path}[{earlier}]), because its class '
+                        f'declares after "{other}"; move "{ref}" below '
+                        f'"{refs[earlier]}"'
+                    )
+    return problems
+
+
 def _check_terminal(
     refs: Sequence[str],
     resolved: Sequence[type[Any] | None],
@@ -273,12 +367,3 @@ def _check_terminal(
             f"passes requests on to nothing; end it with {ending}"
         )
     return problems
-
-
-def _describe(exc: msgspec.ValidationError) -> str:
-    text = str(exc)
-    # msgspec appends " - at `$.x.y`"; turn it into a YAML-style suffix.
-    head, sep, where = text.rpartition(" - at `$")
-    if sep:
-        return f"{head} (at {where.rstrip('`').lstrip('.') or 'top level'})"
-    return text

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, runtime_c
 import msgspec
 
 from pipeline.context import Context
+from pipeline.events import Event
 
 CtxT = TypeVar("CtxT", bound=Context)
 RespT = TypeVar("RespT")
@@ -35,6 +36,10 @@ class Stage(Protocol[CtxT, RespT]):
         requires: Facts that stages before this one must provide.
         provides: Facts this stage adds to the context.
         terminal: Whether the stage ends the chain; only the last stage may.
+
+    A stage class may also set the optional class attributes of
+    :class:`BaseStage`: ``before``, ``after``, ``events``, ``stability`` and
+    ``Config``. The chain builder reads them with defaults when absent.
     """
 
     name: str
@@ -55,11 +60,29 @@ class BaseStage(Generic[CtxT, RespT]):
     as ``cls(name=..., config=..., resources=...)``, where ``config`` is an
     instance of ``cls.Config`` decoded from YAML and ``resources`` is whatever
     object the host application passes to the builder.
+
+    Attributes:
+        requires: Facts that stages before this one must provide.
+        provides: Facts this stage adds to the context.
+        terminal: Whether the stage ends the chain; only the last stage may.
+        before: Stage types that must come after this stage when a chain
+            contains them. A type listed here that the chain lacks is no
+            problem; use ``requires`` to demand that a stage is present.
+        after: Stage types that must come before this stage when a chain
+            contains them, with the same rule for absent types.
+        events: The event classes this stage publishes besides those of its
+            host, so that hosts can check them and add them to their
+            published event schema.
+        stability: How settled the stage's behaviour is; informational.
+        Config: The Struct that the stage's settings are decoded into.
     """
 
     requires: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
     terminal: ClassVar[bool] = False
+    before: ClassVar[frozenset[str]] = frozenset()
+    after: ClassVar[frozenset[str]] = frozenset()
+    events: ClassVar[tuple[type[Event], ...]] = ()
     stability: ClassVar[Stability] = "development"
     Config: ClassVar[type[msgspec.Struct]] = NoConfig
 

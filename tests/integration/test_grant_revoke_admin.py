@@ -87,7 +87,7 @@ async def test_admin_revoke_no_match_zero(tmp_path: Path) -> None:
         response = await admin.post("/grants/revoke", json={"client_id": "nobody"})
 
     assert response.status_code == 200
-    assert response.json() == {"revoked": 0, "grants": []}
+    assert response.json() == {"revoked": 0, "consents_revoked": 0, "grants": []}
 
 
 @pytest.mark.parametrize(

@@ -195,6 +195,20 @@ async def test_resource_metadata_unknown_path_not_found(server: Server) -> None:
     assert response.json()["error"] == "not_found"
 
 
+ALGORITHMS = [
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+]
+"""The client assertion algorithms of ``private_key_jwt``."""
+
+
 async def test_authorization_server_metadata_exact_document(server: Server) -> None:
     """The RFC 8414 document names the gateway's endpoints and capabilities."""
     response = await server.http.get("/.well-known/oauth-authorization-server")
@@ -209,7 +223,9 @@ async def test_authorization_server_metadata_exact_document(server: Server) -> N
             "none",
             "client_secret_post",
             "client_secret_basic",
+            "private_key_jwt",
         ],
+        "revocation_endpoint_auth_signing_alg_values_supported": ALGORITHMS,
         "jwks_uri": f"{server.url}/oauth2/jwks",
         "scopes_supported": ["mcp"],
         "response_types_supported": ["code"],
@@ -220,7 +236,9 @@ async def test_authorization_server_metadata_exact_document(server: Server) -> N
             "none",
             "client_secret_post",
             "client_secret_basic",
+            "private_key_jwt",
         ],
+        "token_endpoint_auth_signing_alg_values_supported": ALGORITHMS,
         "authorization_response_iss_parameter_supported": True,
         "client_id_metadata_document_supported": True,
     }

@@ -60,7 +60,11 @@ def closed_port() -> int:
 
 
 def config_for(
-    url: str, issuer: str, var_dir: pathlib.Path, rate_limits: dict[str, Any]
+    url: str,
+    issuer: str,
+    var_dir: pathlib.Path,
+    rate_limits: dict[str, Any],
+    clients: dict[str, Any] | None = None,
 ) -> GatewayConfig:
     return msgspec.convert(
         {
@@ -76,7 +80,7 @@ def config_for(
             "agents": {
                 "cursor": {"match": {"client_name": "cursor"}, "backends": ["*"]}
             },
-            "oauth": {"rate_limits": rate_limits},
+            "oauth": {"rate_limits": rate_limits, "clients": clients or {}},
         },
         GatewayConfig,
     )
@@ -88,15 +92,19 @@ async def running_gateway(
     rate_limits: dict[str, Any],
     *,
     idp_sock: socket.socket | None = None,
+    clients: dict[str, Any] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """Serve a gateway (and the dev IdP when given its socket); yield a client."""
+    """Serve a gateway (and the dev IdP when given its socket); yield a client.
+
+    ``clients`` becomes ``oauth.clients``, the pre-registered clients.
+    """
     sock = bind_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     if idp_sock is None:
         issuer = f"http://127.0.0.1:{closed_port()}"
     else:
         issuer = f"http://127.0.0.1:{idp_sock.getsockname()[1]}"
-    config = config_for(url, issuer, var_dir, rate_limits)
+    config = config_for(url, issuer, var_dir, rate_limits, clients)
     async with contextlib.AsyncExitStack() as stack:
         if idp_sock is not None:
             idp_app = create_devidp_app(demo_settings(issuer=issuer, gateway_url=url))
@@ -143,37 +151,6 @@ async def test_register_over_burst_429_retry_after(tmp_path: pathlib.Path) -> No
     assert warnings[0]["by"] == "address"
     assert warnings[0]["log_level"] == "warning"
     assert "127.0.0.1" not in str(warnings[0])
-
-
-async def test_token_limited_per_client_id(tmp_path: pathlib.Path) -> None:
-    """One client_id is limited even from fresh addresses; others are not."""
-    async with running_gateway(tmp_path, SMALL_LIMITS) as http:
-        statuses = []
-        for index in range(4):
-            response = await http.post(
-                "/oauth2/token",
-                data=token_form("busy-client"),
-                headers={"x-forwarded-for": f"198.51.100.{index + 1}"},
-            )
-            statuses.append(response.status_code)
-        limited = response
-        other = await http.post(
-            "/oauth2/token",
-            data=token_form("other-client"),
-            headers={"x-forwarded-for": "198.51.100.1"},
-        )
-        basic = await http.post(
-            "/oauth2/token",
-            data={"grant_type": "refresh_token", "refresh_token": "x"},
-            auth=("busy-client", "secret"),
-            headers={"x-forwarded-for": "198.51.100.9"},
-        )
-    assert statuses == [401, 401, 401, 429]
-    assert limited.headers["retry-after"] == "10"
-    assert limited.json()["error"] == "temporarily_unavailable"
-    assert "from this client" in limited.json()["error_description"]
-    assert other.status_code == 401
-    assert basic.status_code == 429
 
 
 async def test_token_limited_per_address(tmp_path: pathlib.Path) -> None:
@@ -254,60 +231,73 @@ async def test_invalid_trusted_proxy_config_error(tmp_path: pathlib.Path) -> Non
             pass
 
 
+async def sign_in(
+    http: httpx.AsyncClient, client_id: str, *, address: str | None = None
+) -> dict[str, Any]:
+    """Sign alice in for ``client_id`` and redeem the code; return the tokens.
+
+    ``address`` is sent as ``X-Forwarded-For`` with the token request.
+    """
+    verifier = secrets.token_urlsafe(48)
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+        .rstrip(b"=")
+        .decode()
+    )
+    resource = f"{http.base_url}".rstrip("/") + "/employees/mcp"
+    page = await http.get(
+        "/oauth2/authorize",
+        params={
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": CALLBACK,
+            "state": "s1",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "resource": resource,
+            "scope": "mcp",
+        },
+    )
+    assert page.status_code == 200, page.text
+    match = TRANSACTION.search(page.text)
+    assert match is not None
+    upstream = await http.post(
+        "/oauth2/consent",
+        data={"transaction": match.group(1), "decision": "approve"},
+    )
+    assert upstream.status_code == 302, upstream.text
+    at_idp = await http.get(upstream.headers["location"])
+    assert at_idp.status_code == 302, at_idp.text
+    final = await http.get(at_idp.headers["location"])
+    assert final.status_code == 302, final.text
+    code = parse_qs(urlsplit(final.headers["location"]).query)["code"][0]
+    issued = await http.post(
+        "/oauth2/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": CALLBACK,
+            "client_id": client_id,
+            "code_verifier": verifier,
+            "resource": resource,
+        },
+        headers={"x-forwarded-for": address} if address else None,
+    )
+    assert issued.status_code == 200, issued.text
+    body: dict[str, Any] = issued.json()
+    return body
+
+
 async def test_demo_sign_in_default_limits_unaffected(tmp_path: pathlib.Path) -> None:
     """A whole sign-in with the default limits and a refresh gets no 429."""
     async with running_gateway(tmp_path, {}, idp_sock=bind_socket()) as http:
         client = (await http.post("/oauth2/register", json=REGISTRATION)).json()
-        verifier = secrets.token_urlsafe(48)
-        challenge = (
-            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-            .rstrip(b"=")
-            .decode()
-        )
-        resource = f"{http.base_url}".rstrip("/") + "/employees/mcp"
-        page = await http.get(
-            "/oauth2/authorize",
-            params={
-                "response_type": "code",
-                "client_id": client["client_id"],
-                "redirect_uri": CALLBACK,
-                "state": "s1",
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-                "resource": resource,
-                "scope": "mcp",
-            },
-        )
-        assert page.status_code == 200, page.text
-        match = TRANSACTION.search(page.text)
-        assert match is not None
-        upstream = await http.post(
-            "/oauth2/consent",
-            data={"transaction": match.group(1), "decision": "approve"},
-        )
-        assert upstream.status_code == 302, upstream.text
-        at_idp = await http.get(upstream.headers["location"])
-        assert at_idp.status_code == 302, at_idp.text
-        final = await http.get(at_idp.headers["location"])
-        assert final.status_code == 302, final.text
-        code = parse_qs(urlsplit(final.headers["location"]).query)["code"][0]
-        issued = await http.post(
-            "/oauth2/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": CALLBACK,
-                "client_id": client["client_id"],
-                "code_verifier": verifier,
-                "resource": resource,
-            },
-        )
-        assert issued.status_code == 200, issued.text
+        issued = await sign_in(http, client["client_id"])
         refreshed = await http.post(
             "/oauth2/token",
             data={
                 "grant_type": "refresh_token",
-                "refresh_token": issued.json()["refresh_token"],
+                "refresh_token": issued["refresh_token"],
                 "client_id": client["client_id"],
             },
         )

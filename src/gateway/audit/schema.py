@@ -12,11 +12,12 @@ outcome carries a ``reason``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any, Union, get_args
 
 import msgspec
 
-from gateway.events import SCHEMA_VERSION, audit_event_union
+from gateway.events import SCHEMA_VERSION, GatewayEvent, audit_event_union
 
 SCHEMA_PATH = "observability/audit-events.schema.json"
 
@@ -58,8 +59,14 @@ _REASON_RULE = {
 }
 
 
-def audit_schema() -> dict[str, Any]:
-    """Return the JSON Schema (2020-12) of one audit event line."""
+def audit_schema(extra: Sequence[type[GatewayEvent]] = ()) -> dict[str, Any]:
+    """Return the JSON Schema (2020-12) of one audit event line.
+
+    Args:
+        extra: Event classes of custom stages to add to the gateway's own,
+            as ``agent-proxy check --audit-schema`` does for the stages a
+            config uses. The published file has none.
+    """
     # Only the gateway's own events: plug-in stages may define more, and
     # whether they are imported must not change the published file.
     own = [
@@ -67,6 +74,7 @@ def audit_schema() -> dict[str, Any]:
         for cls in get_args(audit_event_union())
         if cls.__module__.startswith("gateway.")
     ]
+    own.extend(cls for cls in extra if cls not in own)
     schema = msgspec.json.schema(Union[tuple(own)])  # noqa: UP007
     for name in schema["discriminator"]["mapping"]:
         _complete_event(schema["$defs"][name])
@@ -92,12 +100,15 @@ def _complete_event(definition: dict[str, Any]) -> None:
     definition.update(_REASON_RULE)
 
 
-def render() -> str:
-    """Return the schema as the text stored in ``observability/``."""
-    return (
-        msgspec.json.format(msgspec.json.encode(audit_schema()), indent=2).decode()
-        + "\n"
-    )
+def render(extra: Sequence[type[GatewayEvent]] = ()) -> str:
+    """Return the schema as the text stored in ``observability/``.
+
+    Args:
+        extra: Event classes of custom stages to include (see
+            :func:`audit_schema`).
+    """
+    encoded = msgspec.json.encode(audit_schema(extra))
+    return msgspec.json.format(encoded, indent=2).decode() + "\n"
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from gateway.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-__all__ = ["ConfigError", "load_config", "load_config_text"]
+__all__ = ["ConfigError", "decode_config_text", "load_config", "load_config_text"]
 
 
 def load_config(
@@ -50,6 +50,26 @@ def load_config_text(
     text: str, *, env: Mapping[str, str] | None = None, source: str = "<config>"
 ) -> GatewayConfig:
     """Parse YAML text into a validated config (see :func:`load_config`)."""
+    config = decode_config_text(text, env=env, source=source)
+    problems = _check_semantics(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def decode_config_text(
+    text: str, *, env: Mapping[str, str] | None = None, source: str = "<config>"
+) -> GatewayConfig:
+    """Parse YAML text into a config without the cross-field checks.
+
+    ``agent-proxy check`` uses it to validate the chains of a config whose
+    URLs, names or references are wrong, so that it lists those problems
+    and the chain problems together.
+
+    Raises:
+        ConfigError: The text is not YAML, a ``${VAR}`` is not set, or a
+            value has the wrong type or an unknown key.
+    """
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -73,9 +93,6 @@ def load_config_text(
         config = msgspec.convert(raw, GatewayConfig, str_keys=True, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError([_locate(exc, raw)]) from exc
-    problems.extend(_check_semantics(config))
-    if problems:
-        raise ConfigError(problems)
     return config
 
 

@@ -366,7 +366,9 @@ def _check_assertion_algorithm(
 ) -> Iterator[ConfigWarning]:
     # Okta's client authentication guide (developer.okta.com/docs/api/openapi/
     # okta-oauth/guides/client-auth) lists RS256/384/512 and ES256/384/512 for
-    # private_key_jwt. NOTE: PS* is absent from that list, not known rejected.
+    # private_key_jwt. PS* is absent from that list; no Okta error for it is
+    # known, so this is a warning and not a config error (the operator guide's
+    # table of warnings lists it).
     if client.token_endpoint_auth_method != "private_key_jwt":
         return
     algorithm = str(getattr(client, "private_key_algorithm", ""))

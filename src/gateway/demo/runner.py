@@ -51,9 +51,14 @@ class DemoStack:
         return self.urls["gateway"] + self.config.backends[backend].path
 
 
-def demo_config(urls: dict[str, str], var_dir: Path) -> GatewayConfig:
-    """Return the packaged demo config with its addresses replaced by ``urls``."""
-    text = demo_config_text()
+def demo_config(
+    urls: dict[str, str], var_dir: Path, *, text: str | None = None
+) -> GatewayConfig:
+    """Return the packaged demo config with its addresses replaced by ``urls``.
+
+    ``text`` replaces the packaged file's text, as a reload reads it.
+    """
+    text = demo_config_text() if text is None else text
     for name, port in DEMO_PORTS.items():
         text = text.replace(f"http://127.0.0.1:{port}", urls[name])
     config = load_config_text(text, source="gateway/demo/gateway.yaml")

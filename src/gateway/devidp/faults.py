@@ -1,19 +1,27 @@
-"""Failure switches of the dev IdP, so tests can make it fail like an IdP outage.
+"""Failure switches of the dev IdP, so tests can make it misbehave like a real IdP.
 
-A test sets :attr:`OrgAuthorizationServer.token_outage
-<gateway.devidp.org.OrgAuthorizationServer.token_outage>` on a running dev IdP
-(``app.state.org``) and clears it again with None. Nothing in the demo sets it.
+A test sets one of these attributes of the org server (``app.state.org``,
+an :class:`~gateway.devidp.org.OrgAuthorizationServer`) on a running dev IdP
+and clears it again with None. Nothing in the demo sets them.
+
+- ``token_outage`` (:class:`TokenOutage`): the token endpoint fails like an
+  outage;
+- ``token_hold`` (:class:`TokenHold`): the token endpoint waits until the
+  test releases it, so a test can act while a request is in flight;
+- ``refresh_subject`` (:class:`SubjectSwap`): refreshed ID tokens name
+  another user, as a broken or compromised IdP might.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import anyio
 from litestar import Response
 
 from ._http import NO_STORE, json_response
 
-__all__ = ["TokenOutage"]
+__all__ = ["SubjectSwap", "TokenHold", "TokenOutage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +55,43 @@ class TokenOutage:
             body["error"] = self.error
             body["error_description"] = "the dev IdP simulates an outage"
         return json_response(body, status_code=self.status, headers=headers)
+
+
+@dataclass(slots=True)
+class TokenHold:
+    """The org token endpoint delays matching requests until :attr:`release` is set.
+
+    Create it in the event loop that serves the dev IdP.
+
+    Attributes:
+        grant_types: The grant types that are held; None means every one.
+        arrived: Set when the first matching request is being held.
+        release: Set by the test to let held requests continue.
+        held: How many requests were held so far.
+    """
+
+    grant_types: frozenset[str] | None = None
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+    release: anyio.Event = field(default_factory=anyio.Event)
+    held: int = 0
+
+    def applies_to(self, grant_type: str | None) -> bool:
+        """Return whether a request with this ``grant_type`` is held."""
+        return self.grant_types is None or grant_type in self.grant_types
+
+    async def wait(self) -> None:
+        """Hold one request until :attr:`release` is set."""
+        self.held += 1
+        self.arrived.set()
+        await self.release.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectSwap:
+    """Refreshed ID tokens name another user of the settings than the grant's.
+
+    Attributes:
+        user: Key of that user in the settings, such as ``bob``.
+    """
+
+    user: str

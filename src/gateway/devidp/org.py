@@ -43,7 +43,7 @@ from ._urns import (
 from .authorize import SUPPORTED_SCOPES, AuthorizationEndpoint
 from .client_auth import ClientAuthenticator
 from .exchange import IdJagIssuer
-from .faults import TokenOutage
+from .faults import SubjectSwap, TokenHold, TokenOutage
 from .keys import SIGNING_ALGORITHM, SigningKey, jwks_document, public_key_set
 from .settings import DevClient, DevIdpSettings
 
@@ -90,6 +90,10 @@ class OrgAuthorizationServer:
         )
         self.token_outage: TokenOutage | None = None
         """When set, matching token requests fail as it describes (tests only)."""
+        self.token_hold: TokenHold | None = None
+        """When set, matching token requests wait for its release (tests only)."""
+        self.refresh_subject: SubjectSwap | None = None
+        """When set, refreshed ID tokens name its user instead (tests only)."""
 
     def rotate_key(self, key: SigningKey | None = None) -> SigningKey:
         """Sign with a new key from now on, as an IdP's routine key rotation does.
@@ -226,6 +230,10 @@ class OrgAuthorizationServer:
             if outage is not None and outage.applies_to(grant_type):
                 logger.info("devidp.token_outage", grant_type=grant_type)
                 return outage.response()
+            hold = self.token_hold
+            if hold is not None and hold.applies_to(grant_type):
+                logger.info("devidp.token_held", grant_type=grant_type)
+                await hold.wait()
             if grant_type == GRANT_AUTHORIZATION_CODE:
                 body = self._redeem_code(authenticated, params)
             elif grant_type == GRANT_REFRESH_TOKEN:
@@ -294,7 +302,11 @@ class OrgAuthorizationServer:
         grant_type: str,
     ) -> dict[str, Any]:
         settings = self._settings
-        user = settings.users[grant.user]
+        swap = self.refresh_subject
+        if swap is not None and grant_type == GRANT_REFRESH_TOKEN:
+            user = settings.users[swap.user]
+        else:
+            user = settings.users[grant.user]
         now = int(self._clock())
         id_claims: dict[str, Any] = {
             "iss": settings.issuer,

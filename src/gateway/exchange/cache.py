@@ -19,7 +19,7 @@ import anyio
 
 from gateway.exchange.idjag import IssuedToken
 
-__all__ = ["CacheKey", "CachedToken", "TokenCache"]
+__all__ = ["CacheKey", "CachedToken", "ForgetLog", "TokenCache"]
 
 
 class CacheKey(NamedTuple):
@@ -77,7 +77,8 @@ class TokenCache:
     request for the same key waits for that one result. A failure is raised
     in every waiting request and is not cached, so the next request tries
     again. When the request running the exchange is cancelled (its client
-    went away), one of the waiting requests starts a new exchange.
+    went away), or its result is not to be kept, one of the waiting requests
+    starts a new exchange.
 
     Args:
         max_entries: Bound on cached tokens; the least recently used goes first.
@@ -117,6 +118,7 @@ class TokenCache:
         fetch: Callable[[], Awaitable[IssuedToken]],
         *,
         refresh_before: float,
+        keep: Callable[[], bool] | None = None,
     ) -> tuple[CachedToken, bool]:
         """Return a token for ``key`` and whether it came without a new exchange.
 
@@ -125,6 +127,9 @@ class TokenCache:
             fetch: Runs one exchange. The cache calls it at most once at a time
                 per key.
             refresh_before: Seconds before expiry at which a token is replaced.
+            keep: Called when an exchange this call started returns. When it
+                returns False, the token goes to this caller only: it is not
+                cached, and requests waiting for it run a new exchange.
 
         Returns:
             The token, and True when this call started no exchange (a cache
@@ -139,13 +144,14 @@ class TokenCache:
                 return token, True
             flight = self._flights.get(key)
             if flight is None:
-                return await self._run(key, fetch, refresh_before), False
+                return await self._run(key, fetch, refresh_before, keep), False
             await flight.done.wait()
             if flight.result is not None:
                 return flight.result, True
             if flight.error is not None:
                 raise flight.error
-            # The request that ran the exchange was cancelled: try again.
+            # The request that ran the exchange was cancelled, or its token
+            # was not kept: try again.
 
     def invalidate(self, key: CacheKey, *, access_token: str | None = None) -> bool:
         """Drop the token for ``key`` and return whether one was dropped.
@@ -173,6 +179,7 @@ class TokenCache:
         key: CacheKey,
         fetch: Callable[[], Awaitable[IssuedToken]],
         refresh_before: float,
+        keep: Callable[[], bool] | None,
     ) -> CachedToken:
         flight = _Flight()
         self._flights[key] = flight
@@ -186,15 +193,16 @@ class TokenCache:
                 refresh_at=now + issued.expires_in - margin,
                 scope=issued.scope,
             )
-            self._store(key, token)
-            flight.result = token
+            if keep is None or keep():
+                self._store(key, token)
+                flight.result = token
             return token
         except Exception as exc:
             flight.error = exc
             raise
         finally:
-            # On cancellation neither result nor error is set, so a waiter
-            # starts a new exchange instead of failing with this one.
+            # On cancellation, or when the token is not kept, neither result
+            # nor error is set, so a waiter starts a new exchange instead.
             del self._flights[key]
             flight.done.set()
 
@@ -203,3 +211,46 @@ class TokenCache:
         self._tokens.move_to_end(key)
         while len(self._tokens) > self.max_entries:
             self._tokens.popitem(last=False)
+
+
+class ForgetLog:
+    """The epochs at which each user and agent's cached tokens were last forgotten.
+
+    An exchange records :meth:`now` when it starts, and its token is cached
+    only if :meth:`unchanged_since` still holds when it returns, so that an
+    exchange in flight while the user's grants were revoked cannot cache a
+    token afterwards.
+
+    Args:
+        max_entries: Bound on the users and agents remembered. When the
+            oldest is dropped, every exchange that started before its
+            forget counts as stale, which at worst costs those exchanges
+            their caching.
+    """
+
+    def __init__(self, *, max_entries: int = 10_000) -> None:
+        self._epoch = 0
+        self._floor = 0
+        self._forgotten: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        self._max_entries = max_entries
+
+    def now(self) -> int:
+        """Return the current epoch, to pass to :meth:`unchanged_since` later."""
+        return self._epoch
+
+    def forget(self, identity: tuple[str, str, str]) -> None:
+        """Record that the tokens of ``identity`` were dropped.
+
+        Args:
+            identity: The user's issuer and subject, and the agent id.
+        """
+        self._epoch += 1
+        self._forgotten[identity] = self._epoch
+        self._forgotten.move_to_end(identity)
+        while len(self._forgotten) > self._max_entries:
+            _, epoch = self._forgotten.popitem(last=False)
+            self._floor = max(self._floor, epoch)
+
+    def unchanged_since(self, identity: tuple[str, str, str], started: int) -> bool:
+        """Return whether ``identity`` was not forgotten after epoch ``started``."""
+        return started >= max(self._floor, self._forgotten.get(identity, 0))

@@ -273,7 +273,8 @@ class IdJagExchanger:
             raise malformed(STEP_JWT_BEARER, "the response has no access_token")
         token_type = body.get("token_type")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            # NOTE: DPoP-bound tokens are not supported yet.
+            # Backend tokens are sent as bearer tokens only; DPoP-bound
+            # tokens are listed as not built in docs/design.md.
             raise malformed(
                 STEP_JWT_BEARER, f"token_type is {token_type!r}, expected 'Bearer'"
             )

@@ -24,7 +24,7 @@ from gateway.exchange._requests import (
     MAX_RETRY_AFTER,
     ServerUnavailableError,
 )
-from gateway.exchange.cache import CacheKey, TokenCache
+from gateway.exchange.cache import CacheKey, ForgetLog, TokenCache
 from gateway.exchange.discovery import AuthorizationServerDiscovery
 from gateway.exchange.grant_clients import (
     GrantClients,
@@ -119,6 +119,7 @@ class CredentialService:
         )
         self._clock = clock
         self.cache = TokenCache(max_entries=cache_size, clock=clock)
+        self._forgotten = ForgetLog(max_entries=cache_size)
         self._static: dict[str, tuple[BackendAuth, BackendCredentials]] = {}
 
     async def credentials_for(
@@ -151,11 +152,14 @@ class CredentialService:
         upstream_client_id = await self._grant_clients.client_id_of(principal.grant_id)
 
         key = _cache_key(backend, auth, principal, agent, upstream_client_id)
+        identity = (principal.iss, principal.sub, agent.id)
         fetched_here = False
+        started = self._forgotten.now()
 
         async def fetch() -> IssuedToken:
-            nonlocal fetched_here
+            nonlocal fetched_here, started
             fetched_here = True
+            started = self._forgotten.now()
             upstream = await self._grant_clients.upstream_for(
                 principal.grant_id, upstream_client_id
             )
@@ -174,11 +178,25 @@ class CredentialService:
             ):
                 return await fetch()
 
+        def keep() -> bool:
+            # forget() ran while this exchange was in flight: the grant it
+            # used may be revoked, so its token must not serve later requests.
+            kept = self._forgotten.unchanged_since(identity, started)
+            if not kept:
+                log.info(
+                    "exchange.token_not_cached",
+                    backend=backend,
+                    agent_id=agent.id,
+                    user_sub=principal.sub,
+                    reason="forgotten_during_exchange",
+                )
+            return kept
+
         cached_before = self.cache.peek(key) is not None
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 token, hit = await self.cache.get(
-                    key, traced_fetch, refresh_before=auth.refresh_before
+                    key, traced_fetch, refresh_before=auth.refresh_before, keep=keep
                 )
                 break
             except ExchangeError as exc:
@@ -261,11 +279,14 @@ class CredentialService:
 
         Called when grants of that user and agent are revoked. The cache is
         keyed by user and agent rather than by grant, so other grants of the
-        same user and agent exchange again on their next request.
+        same user and agent exchange again on their next request. An
+        exchange for them that is in flight now still returns its token to
+        the request that started it, but the token is not cached.
 
         Returns:
             How many cached tokens were dropped.
         """
+        self._forgotten.forget((user_iss, user_sub, agent_id))
         dropped = 0
         for backend, config in self.config.backends.items():
             if not isinstance(config.auth, IdJagAuth):

@@ -16,7 +16,8 @@ from gateway.oauth.consents import CONSENT_MEMORY_TTL, ConsentStore
 from gateway.oauth.consents import cookie_name as consent_cookie_name
 from gateway.oauth.flow import agent_ref, client_redirect, refuse_page, reject
 from gateway.oauth.grants import Grant
-from gateway.oauth.transactions import FlowState
+from gateway.oauth.sign_in_cookie import browser_matches, cleared_sign_in_cookie
+from gateway.oauth.transactions import FlowState, UpstreamTransaction
 from gateway.oauth.upstream_clients import (
     UnknownUpstreamClientError,
     upstream_clients,
@@ -47,14 +48,18 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
     (RFC 9207). IdP errors reach the client as ``access_denied`` or
     ``server_error`` and publish ``AuthorizationRejected``.
 
+    The browser must send the sign-in cookie that the redirect to the IdP
+    set (:mod:`gateway.oauth.sign_in_cookie`). Without it the ``state`` is
+    used up and an error page is shown, not a redirect to the client, with
+    ``AuthorizationRejected`` reason ``sign_in_other_browser``.
+
     An approval given on the consent page is remembered for the signed-in
     user, and the browser gets a cookie naming that user. When a remembered
     approval skipped the page but another user signed in, the sign-in is
     rejected with ``access_denied`` and the browser's cookie is cleared.
     """
     runtime: Runtime = request.app.state.runtime
-    params = request.query_params
-    state = params.get("state", "")
+    state = request.query_params.get("state", "")
     transaction = await FlowState(runtime.store).finish_upstream(state)
     if transaction is None:
         return await refuse_page(
@@ -65,6 +70,30 @@ async def callback(request: Request[Any, Any, Any]) -> Response[bytes]:
             reason="unknown_state",
             stage=_STAGE,
         )
+    if browser_matches(
+        request.cookies, runtime.issuer, state, transaction.browser_hash
+    ):
+        response = await _complete(runtime, request, transaction)
+    else:
+        response = await refuse_page(
+            runtime,
+            "Request refused",
+            "This sign-in was not started in this browser. "
+            "Start the sign-in again from your application.",
+            reason="sign_in_other_browser",
+            stage=_STAGE,
+            client_id=transaction.request.client_id,
+            status=403,
+        )
+    response.cookies.append(cleared_sign_in_cookie(runtime.issuer, state))
+    return response
+
+
+async def _complete(
+    runtime: Runtime, request: Request[Any, Any, Any], transaction: UpstreamTransaction
+) -> Response[bytes]:
+    """Redeem the IdP's code and redirect to the client; see :func:`callback`."""
+    params = request.query_params
     auth_request = transaction.request
     iss = params.get("iss")
     if iss is not None and iss != runtime.upstream.issuer:

@@ -17,6 +17,11 @@ forgery risk, so the fetch:
 A valid document is cached in the state store for the lifetime its
 ``Cache-Control: max-age`` gives, bounded by :data:`MIN_CACHE_SECONDS` and
 :data:`MAX_CACHE_SECONDS`.
+
+A document's ``token_endpoint_auth_method`` is ``none`` (a public client) or
+``private_key_jwt`` with exactly one of ``jwks`` and ``jwks_uri``. A
+``jwks_uri`` is fetched with the same protections, and its key set is cached
+with the document.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import httpx
 import msgspec
 import structlog
 
+from gateway.oauth.client_keys import document_key_set
 from gateway.oauth.clients import (
     ClientRecord,
     ClientRegistry,
@@ -131,7 +137,15 @@ class ClientMetadataResolver:
             return cached
         target = self._check_url(url)
         body, cache_control = await self._fetch(url, target)
-        record = self._parse(url, body)
+        record, document = self._parse(url, body)
+        if record.token_endpoint_auth_method == "private_key_jwt":
+            try:
+                record.jwks = await document_key_set(document, self._fetch_key_set)
+            except ValueError as exc:
+                raise ClientMetadataError(
+                    "invalid_document",
+                    f"the client metadata document {display_uri(url[:200])}: {exc}",
+                ) from None
         ttl = cache_seconds(cache_control)
         await self._cache.set(key, record, ttl)
         log.info(
@@ -142,18 +156,24 @@ class ClientMetadataResolver:
         )
         return record
 
-    def _check_url(self, url: str) -> httpx.URL:
+    async def _fetch_key_set(self, url: str) -> bytes:
+        """Fetch a document's ``jwks_uri`` as the document itself was fetched."""
+        target = self._check_url(url, name="jwks_uri")
+        body, _ = await self._fetch(url, target, document_name="the jwks_uri document")
+        return body
+
+    def _check_url(self, url: str, *, name: str = "client_id") -> httpx.URL:
         safe_url = display_uri(url[:200])
         if len(url) > MAX_URL_LENGTH:
             raise ClientMetadataError(
-                "invalid_url", f"client_id is longer than {MAX_URL_LENGTH} characters"
+                "invalid_url", f"{name} is longer than {MAX_URL_LENGTH} characters"
             )
         try:
             parts = urlsplit(url)
             port = parts.port
         except ValueError:
             raise ClientMetadataError(
-                "invalid_url", f"client_id {safe_url} is not a valid URL"
+                "invalid_url", f"{name} {safe_url} is not a valid URL"
             ) from None
         host = parts.hostname
         loopback = is_loopback_host(host)
@@ -161,45 +181,50 @@ class ClientMetadataResolver:
             parts.scheme == "http" and loopback and self.allow_loopback
         ):
             raise ClientMetadataError(
-                "invalid_url", f"client_id {safe_url} must be an https URL"
+                "invalid_url", f"{name} {safe_url} must be an https URL"
             )
         if not host or "@" in parts.netloc:
             raise ClientMetadataError(
-                "invalid_url", f"client_id {safe_url} must name a host and no user"
+                "invalid_url", f"{name} {safe_url} must name a host and no user"
             )
         if parts.fragment or "#" in url:
             raise ClientMetadataError(
-                "invalid_url", f"client_id {safe_url} must not have a fragment"
+                "invalid_url", f"{name} {safe_url} must not have a fragment"
             )
         segments = parts.path.split("/")
         if parts.path in ("", "/") or "." in segments or ".." in segments:
             raise ClientMetadataError(
                 "invalid_url",
-                f"client_id {safe_url} must have a path without '.' or '..' segments",
+                f"{name} {safe_url} must have a path without '.' or '..' segments",
             )
         del port  # read above only to reject an invalid port
         try:
             return httpx.URL(url)
         except httpx.InvalidURL:
             raise ClientMetadataError(
-                "invalid_url", f"client_id {safe_url} is not a valid URL"
+                "invalid_url", f"{name} {safe_url} is not a valid URL"
             ) from None
 
-    async def _fetch(self, url: str, target: httpx.URL) -> tuple[bytes, str]:
+    async def _fetch(
+        self,
+        url: str,
+        target: httpx.URL,
+        *,
+        document_name: str = "the client metadata document",
+    ) -> tuple[bytes, str]:
         safe_url = display_uri(url[:200])
         try:
             with anyio.fail_after(self._timeout):
                 addresses = await self._checked_addresses(target.host, target.port)
                 for address in addresses[:-1]:
                     try:
-                        return await self._get(target, address)
+                        return await self._get(target, address, document_name)
                     except httpx.ConnectError:
                         continue
-                return await self._get(target, addresses[-1])
+                return await self._get(target, addresses[-1], document_name)
         except TimeoutError:
             raise ClientMetadataError(
-                "fetch_timeout",
-                f"fetching the client metadata document {safe_url} timed out",
+                "fetch_timeout", f"fetching {document_name} {safe_url} timed out"
             ) from None
         except httpx.HTTPError as exc:
             log.info(
@@ -209,8 +234,7 @@ class ClientMetadataResolver:
             )
             raise ClientMetadataError(
                 "fetch_failed",
-                f"fetching the client metadata document {safe_url} failed "
-                f"({type(exc).__name__})",
+                f"fetching {document_name} {safe_url} failed ({type(exc).__name__})",
             ) from None
 
     async def _checked_addresses(self, host: str, port: int | None) -> list[str]:
@@ -233,18 +257,18 @@ class ClientMetadataResolver:
                 )
             except OSError:
                 raise ClientMetadataError(
-                    "fetch_failed", f"the host {host!r} of client_id does not resolve"
+                    "fetch_failed", f"the host {host!r} does not resolve"
                 ) from None
             addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         if not addresses:
             raise ClientMetadataError(
-                "fetch_failed", f"the host {host!r} of client_id does not resolve"
+                "fetch_failed", f"the host {host!r} does not resolve"
             )
         for address in addresses:
             if not self._address_allowed(address):
                 raise ClientMetadataError(
                     "forbidden_address",
-                    f"the host {host!r} of client_id resolves to a private, "
+                    f"the host {host!r} resolves to a private, "
                     "loopback, link-local or reserved address",
                 )
         return list(dict.fromkeys(str(address) for address in addresses))
@@ -258,7 +282,9 @@ class ClientMetadataResolver:
             return self.allow_loopback
         return address.is_global and not address.is_multicast
 
-    async def _get(self, target: httpx.URL, address: str) -> tuple[bytes, str]:
+    async def _get(
+        self, target: httpx.URL, address: str, document_name: str
+    ) -> tuple[bytes, str]:
         # Connect to the checked address, but present the URL's host in the
         # Host header and in TLS (SNI and certificate verification).
         pinned = target.copy_with(host=address)
@@ -275,8 +301,8 @@ class ClientMetadataResolver:
             if resp.status_code != 200:
                 raise ClientMetadataError(
                     "fetch_failed",
-                    "the client metadata document answered HTTP "
-                    f"{resp.status_code}, not 200 (redirects are not followed)",
+                    f"{document_name} answered HTTP {resp.status_code}, not 200 "
+                    "(redirects are not followed)",
                 )
             declared = resp.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > self._max_bytes:
@@ -288,7 +314,11 @@ class ClientMetadataResolver:
                     raise _too_large(self._max_bytes)
             return bytes(body), resp.headers.get("cache-control", "")
 
-    def _parse(self, url: str, body: bytes) -> ClientRecord:
+    def _parse(self, url: str, body: bytes) -> tuple[ClientRecord, dict[str, Any]]:
+        """Validate a document; return the client record and the decoded document.
+
+        A ``private_key_jwt`` record has no key set yet; :meth:`resolve` adds it.
+        """
         safe_url = display_uri(url[:200])
         try:
             document = msgspec.json.decode(body)
@@ -313,13 +343,12 @@ class ClientMetadataResolver:
                 "a client metadata document must not contain a client secret",
             )
         method = document.get("token_endpoint_auth_method", "none")
-        if method != "none":
-            # NOTE: private_key_jwt with the document's jwks or jwks_uri is
-            # not implemented, so such clients are rejected.
+        if method not in ("none", "private_key_jwt"):
             raise ClientMetadataError(
                 "invalid_document",
                 f"token_endpoint_auth_method {method!r} is not supported for a "
-                "client metadata document; use 'none'",
+                "client metadata document; use 'none', or 'private_key_jwt' with "
+                "jwks or jwks_uri",
             )
         try:
             record = validate_metadata(
@@ -335,7 +364,9 @@ class ClientMetadataResolver:
             for uri in record.redirect_uris
         )
         record.created_at = int(time.time())
-        return record
+        if method == "private_key_jwt":
+            record.token_endpoint_auth_method = "private_key_jwt"
+        return record, document
 
 
 def cache_seconds(cache_control: str) -> int:

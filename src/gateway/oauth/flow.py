@@ -14,6 +14,7 @@ from gateway.oauth import pkce
 from gateway.oauth.pages import error_page
 from gateway.oauth.redirects import with_query
 from gateway.oauth.responses import error_description, html_response, redirect
+from gateway.oauth.sign_in_cookie import sign_in_cookie
 from gateway.oauth.transactions import (
     AuthorizationRequest,
     FlowState,
@@ -160,7 +161,9 @@ async def redirect_upstream(
 ) -> Response[bytes]:
     """Redirect to the IdP with the gateway's own ``state``, ``nonce`` and PKCE.
 
-    The authorization URL names the upstream client chosen at authorize.
+    The authorization URL names the upstream client chosen at authorize. The
+    redirect sets the sign-in cookie (:mod:`gateway.oauth.sign_in_cookie`)
+    that the callback requires.
     """
     try:
         client = upstream_clients(runtime).get(request.upstream_client_id)
@@ -177,7 +180,7 @@ async def redirect_upstream(
         )
     verifier = pkce.new_code_verifier()
     nonce = pkce.new_code_verifier()
-    state = await FlowState(runtime.store).start_upstream(
+    state, browser_secret = await FlowState(runtime.store).start_upstream(
         UpstreamTransaction(request=request, nonce=nonce, code_verifier=verifier)
     )
     try:
@@ -198,4 +201,6 @@ async def redirect_upstream(
             outcome="error",
             stage=stage,
         )
-    return redirect(url)
+    response = redirect(url)
+    response.cookies.append(sign_in_cookie(runtime.issuer, state, browser_secret))
+    return response

@@ -45,7 +45,8 @@ __all__ = [
     "UpstreamTokens",
 ]
 
-# Why the gateway revoked a grant by itself; ``GrantRevoked`` carries these.
+# Reasons of the revocations the gateway decides by itself, as ``GrantRevoked``
+# carries them.
 UPSTREAM_SESSION_ENDED = "upstream_session_ended"
 """The IdP rejected the upstream refresh token."""
 UPSTREAM_SUBJECT_CHANGED = "upstream_subject_changed"
@@ -274,8 +275,8 @@ class GrantStore:
         await self._grants.set(grant.grant_id, grant, ttl)
         # revoke() writes its marker before it deletes the grant. If it ran
         # between the check above and the write, its marker is visible now,
-        # so the write is undone; if it runs later, its delete removes the
-        # write. This needs no transaction from the store.
+        # so the write is undone. If it runs later, its delete removes the
+        # write. So no transaction of the store is needed.
         if await self._is_revoked(grant.grant_id):
             await self._grants.delete(grant.grant_id)
             return False
@@ -293,9 +294,7 @@ class GrantStore:
         """
         grant = await self._grants.get(grant_id)
         live = (
-            grant is not None
-            and not grant.revoked
-            and grant.expires_at > self._clock()
+            grant is not None and not grant.revoked and grant.expires_at > self._clock()
         )
         if grant is not None:
             ttl = max(1.0, grant.expires_at - self._clock())

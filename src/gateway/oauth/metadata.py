@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from litestar import Request, Response, get
 
+from gateway.oauth.pre_registered import ASSERTION_ALGORITHMS
 from gateway.oauth.resources import backend_for_path
 from gateway.oauth.responses import json_response, oauth_error
 
@@ -18,6 +19,21 @@ if TYPE_CHECKING:
 SUPPORTED_SCOPES = ("mcp",)
 """Base scopes of every access token. A token also gets the tool scopes
 (``stages.authorize.tool_scopes``) that its client requests."""
+
+CLIENT_AUTH_METHODS = (
+    "none",
+    "client_secret_post",
+    "client_secret_basic",
+    "private_key_jwt",
+)
+"""Client authentication at the token and revocation endpoints.
+
+``private_key_jwt`` is for clients pre-registered with a public JWK Set
+(``oauth.clients``) and for Client ID Metadata Document clients whose
+document has a ``jwks`` or ``jwks_uri``. Dynamic registration does not offer
+it. Its assertions must be signed with one of
+:data:`~gateway.oauth.pre_registered.ASSERTION_ALGORITHMS`.
+"""
 
 PRM_PATH = "/.well-known/oauth-protected-resource"
 AS_METADATA_PATH = "/.well-known/oauth-authorization-server"
@@ -68,22 +84,18 @@ def authorization_server_metadata(
         "token_endpoint": f"{issuer}/oauth2/token",
         "registration_endpoint": f"{issuer}/oauth2/register",
         "revocation_endpoint": f"{issuer}/oauth2/revoke",
-        "revocation_endpoint_auth_methods_supported": [
-            "none",
-            "client_secret_post",
-            "client_secret_basic",
-        ],
+        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(
+            ASSERTION_ALGORITHMS
+        ),
         "jwks_uri": f"{issuer}/oauth2/jwks",
         "scopes_supported": list(scopes),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": [
-            "none",
-            "client_secret_post",
-            "client_secret_basic",
-        ],
+        "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
         "authorization_response_iss_parameter_supported": True,
         "client_id_metadata_document_supported": client_metadata_documents,
     }

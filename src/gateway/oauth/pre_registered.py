@@ -1,8 +1,10 @@
-"""``private_key_jwt`` for pre-registered clients at the gateway's token endpoint.
+"""``private_key_jwt`` client authentication at the gateway's token endpoint.
 
-A client configured with ``token_endpoint_auth_method: private_key_jwt`` and a
-public JWK Set (``jwks_file``) authenticates with a client assertion (RFC 7523
-section 2.2) instead of a secret. An assertion is accepted when:
+Two kinds of client authenticate with a client assertion (RFC 7523 section
+2.2) instead of a secret: a client configured with
+``token_endpoint_auth_method: private_key_jwt`` and a public JWK Set
+(``jwks_file``), and a Client ID Metadata Document client whose document has
+that method and a ``jwks`` or ``jwks_uri``. An assertion is accepted when:
 
 - its signature verifies with a key of the client's set, using an asymmetric
   algorithm (RS*, PS* or ES*; never ``none`` or HMAC);
@@ -30,7 +32,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
-from gateway.oauth.clients import ClientRecord, ClientRegistry
+from gateway.oauth.client_keys import MAX_KEY_SET_BYTES, decode_key_set
+from gateway.oauth.client_metadata import ClientMetadataError, lookup_client
+from gateway.oauth.clients import ClientRecord
 from gateway.store import Store
 
 if TYPE_CHECKING:
@@ -67,9 +71,6 @@ MAX_ASSERTION_LIFETIME = 300
 ASSERTION_LEEWAY = 30
 """Seconds of clock skew tolerated on ``exp`` and ``iat``."""
 USED_JTI_NAMESPACE = "client_assertion_jti"
-
-_MAX_JWKS_FILE_BYTES = 64 * 1024
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 class ClientAssertionError(Exception):
@@ -114,34 +115,8 @@ def read_client_jwks(
 
 def _read_jwks(path: Path) -> dict[str, Any]:
     with path.open("rb") as file:
-        data = file.read(_MAX_JWKS_FILE_BYTES + 1)
-    if len(data) > _MAX_JWKS_FILE_BYTES:
-        msg = f"the file is larger than {_MAX_JWKS_FILE_BYTES} bytes"
-        raise ValueError(msg)
-    try:
-        document: dict[str, Any] | None = msgspec.json.decode(
-            data, type=dict[str, Any] | None
-        )
-    except msgspec.ValidationError:
-        msg = "the file is not a JSON object"
-        raise ValueError(msg) from None
-    except msgspec.DecodeError:
-        msg = "the file is not JSON"
-        raise ValueError(msg) from None
-    keys = document.get("keys") if document is not None else None
-    if document is None or not isinstance(keys, list) or not keys:
-        msg = "the file is not a JWK Set with a non-empty 'keys' array"
-        raise ValueError(msg)
-    for key in keys:
-        if not isinstance(key, dict) or _PRIVATE_MEMBERS & key.keys():
-            msg = "the set must hold public RSA or EC keys only"
-            raise ValueError(msg)
-    try:
-        KeySet.import_key_set(document)  # type: ignore[arg-type]
-    except (JoseError, ValueError, TypeError) as exc:
-        msg = f"a key cannot be imported ({type(exc).__name__})"
-        raise ValueError(msg) from None
-    return document
+        data = file.read(MAX_KEY_SET_BYTES + 1)
+    return decode_key_set(data)
 
 
 def assertion_issuer(assertion: str) -> str:
@@ -219,7 +194,10 @@ async def authenticate_assertion(
     request: Request[Any, Any, Any],
     form: Mapping[str, str],
 ) -> ClientRecord:
-    """Return the pre-registered client that a request's client assertion proves.
+    """Return the client that a request's client assertion proves.
+
+    The client is a pre-registered one, or a Client ID Metadata Document
+    client whose document has ``private_key_jwt`` and a key set.
 
     The assertion must be the request's only client authentication, and its
     ``aud`` the URL of the endpoint called (the token or the revocation
@@ -246,11 +224,14 @@ async def authenticate_assertion(
             "client_id differs from the client assertion's iss",
             error="invalid_request",
         )
-    record = await ClientRegistry(runtime.store).get(client_id)
+    try:
+        record = await lookup_client(request, client_id)
+    except ClientMetadataError as exc:
+        raise ClientAssertionError(exc.description) from None
     if record is None or record.token_endpoint_auth_method != "private_key_jwt":
         raise ClientAssertionError(
-            "no pre-registered client authenticates with private_key_jwt as "
-            "this assertion's iss"
+            "no pre-registered client or client metadata document authenticates "
+            "with private_key_jwt as this assertion's iss"
         )
     endpoint = f"{runtime.issuer}/oauth2/{request.url.path.rsplit('/', 1)[-1]}"
     await verify_client_assertion(

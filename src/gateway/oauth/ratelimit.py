@@ -1,9 +1,15 @@
-"""Per-address token-bucket rate limits of the OAuth endpoints.
+"""Token-bucket rate limits of the OAuth endpoints, per address and per client.
 
 Each endpoint group (``register``, ``token``, ``authorize``) has its own
-buckets, keyed by client address; ``token`` also has buckets keyed by the
-``client_id`` the request sends. Discovery (``/.well-known/*``) and
-``/oauth2/jwks`` are never limited.
+buckets, keyed by client address, which :class:`RateLimitMiddleware`
+charges before the endpoint runs. The ``token`` group also has buckets keyed
+by client id, which the token and revocation endpoints charge through
+:func:`client_retry_after` only once the request has proven its client: a
+confidential client after its authentication, a public client after its code
+or refresh token was found valid for it. Anyone can send a known
+``client_id``, so charging that bucket earlier would let a stranger lock the
+client out. Discovery (``/.well-known/*``) and ``/oauth2/jwks`` are never
+limited.
 
 The buckets live in this process. Several replicas behind one load balancer
 each enforce the limits on their own share of the traffic, so a shared store
@@ -12,8 +18,6 @@ each enforce the limits on their own share of the traffic, so a shared store
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import ipaddress
 import math
@@ -21,20 +25,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote_plus
 
 import structlog
 from litestar import Request
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 
-from gateway.oauth.flow import MAX_FORM_BYTES
 from gateway.oauth.pages import error_page
 from gateway.oauth.responses import html_response, oauth_error
 
 if TYPE_CHECKING:
     from litestar import Response
-    from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
+    from litestar.types import ASGIApp, Receive, Scope, Send
 
     from gateway.config.model import RateLimit, RateLimitsConfig
 
@@ -59,7 +61,8 @@ BROWSER_GROUPS = frozenset({"authorize"})
 LOG_INTERVAL = 60.0
 """Seconds between two ``oauth.rate_limited`` warnings for one key."""
 
-MAX_CLIENT_ID_LENGTH = 200
+_LIMITER_STATE_KEY = "oauth_rate_limiter"
+"""The key under which the middleware puts its limiter in the ASGI scope state."""
 
 
 class TokenBucket:
@@ -238,14 +241,15 @@ class OAuthRateLimiter:
 
 
 class RateLimitMiddleware(ASGIMiddleware):
-    """Reject OAuth requests over their group's limit with 429 and ``Retry-After``.
+    """Reject OAuth requests over their address's limit with 429 and ``Retry-After``.
 
-    Reads the path, the client address and, for ``POST /oauth2/token``, the
-    ``client_id`` from the form body or the Basic credentials; the body is
-    passed on unchanged. Ends the request early with 429 when a bucket is
-    empty: an RFC 6749 ``temporarily_unavailable`` JSON error, or the HTML
-    error page for the browser endpoints. Logs ``oauth.rate_limited`` with
-    the group and a hash of the address, at most once a minute per key.
+    Reads the path and the client address, never the body. Ends the request
+    early with 429 when the address's bucket is empty: an RFC 6749
+    ``temporarily_unavailable`` JSON error, or the HTML error page for the
+    browser endpoints. Logs ``oauth.rate_limited`` with the group and a hash
+    of the address, at most once a minute per key. Puts the limiter in the
+    scope's state, where :func:`client_retry_after` finds the per-client
+    buckets.
     """
 
     scopes = (ScopeType.HTTP,)
@@ -256,7 +260,7 @@ class RateLimitMiddleware(ASGIMiddleware):
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp
     ) -> None:
-        """Take a token from the request's buckets, then pass it on or send 429."""
+        """Take a token from the address's bucket, then pass it on or send 429."""
         group = GROUPS.get(scope["path"])
         if group is None or scope.get("method") == "OPTIONS":
             await next_app(scope, receive, send)
@@ -265,40 +269,18 @@ class RateLimitMiddleware(ASGIMiddleware):
         buckets = self.limiter.by_address[group]
         wait = buckets.acquire(address)
         if wait > 0:
-            self._log(buckets, address, group, wait)
-            await self._reject(scope, receive, send, group, wait, "this address")
+            _log_limited(buckets, address, group, wait, by="address")
+            await self._reject(scope, receive, send, group, wait)
             return
         if group == "token":
-            receive, client_id = await _read_client_id(scope, receive)
-            if client_id is not None:
-                wait = self.limiter.by_client_id.acquire(client_id)
-                if wait > 0:
-                    self._log(self.limiter.by_client_id, client_id, group, wait)
-                    await self._reject(scope, receive, send, group, wait, "this client")
-                    return
+            scope.setdefault("state", {})[_LIMITER_STATE_KEY] = self.limiter
         await next_app(scope, receive, send)
 
-    def _log(self, buckets: TokenBucket, key: str, group: str, wait: float) -> None:
-        if buckets.should_log(key):
-            log.warning(
-                "oauth.rate_limited",
-                group=group,
-                key_hash=hashlib.sha256(key.encode()).hexdigest()[:16],
-                by="client_id" if buckets is self.limiter.by_client_id else "address",
-                retry_after=retry_after(wait),
-            )
-
     async def _reject(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        group: str,
-        wait: float,
-        source: str,
+        self, scope: Scope, receive: Receive, send: Send, group: str, wait: float
     ) -> None:
         seconds = retry_after(wait)
-        description = f"too many requests from {source}; retry after {seconds} s"
+        description = f"too many requests from this address; retry after {seconds} s"
         response: Response[bytes]
         if group in BROWSER_GROUPS:
             response = html_response(
@@ -317,75 +299,35 @@ class RateLimitMiddleware(ASGIMiddleware):
         await response.to_asgi_response(app=None, request=request)(scope, receive, send)
 
 
-async def _read_client_id(scope: Scope, receive: Receive) -> tuple[Receive, str | None]:
-    """Read the ``client_id`` of a token request without consuming its body.
+def client_retry_after(scope: Scope, client_id: str) -> int | None:
+    """Take a token from the per-client bucket of a proven client.
 
-    Returns a ``receive`` that replays the messages read, then the client id
-    from Basic credentials or the form body, or None when there is none. A
-    body larger than the token endpoint accepts is not parsed.
+    Call this only for a request that has proven ``client_id``: see the
+    module docstring. Logs ``oauth.rate_limited`` as the middleware does.
+
+    Returns:
+        None when the request may go on, or when rate limits are disabled
+        (no middleware put a limiter in the scope); else the ``Retry-After``
+        seconds for the 429 response.
     """
-    headers = dict(scope["headers"])
-    client_id = _basic_client_id(headers.get(b"authorization", b""))
-    media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-    if client_id is None and media_type == b"application/x-www-form-urlencoded":
-        messages, body = await _buffer_body(receive)
-        receive = _replay(messages, receive)
-        if body is not None:
-            client_id = _form_client_id(body)
-    if not client_id or len(client_id) > MAX_CLIENT_ID_LENGTH:
-        return receive, None
-    return receive, client_id
-
-
-def _form_client_id(body: bytes) -> str | None:
-    try:
-        fields = parse_qsl(body.decode("utf-8", "replace"), max_num_fields=100)
-    except ValueError:
-        # More fields than any token request has: the endpoint rejects it.
+    limiter = scope.get("state", {}).get(_LIMITER_STATE_KEY)
+    if not isinstance(limiter, OAuthRateLimiter):
         return None
-    return dict(fields).get("client_id")
-
-
-def _basic_client_id(authorization: bytes) -> str | None:
-    scheme, _, credentials = authorization.partition(b" ")
-    if scheme.lower() != b"basic":
+    wait = limiter.by_client_id.acquire(client_id)
+    if wait <= 0:
         return None
-    try:
-        decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return unquote_plus(decoded.partition(":")[0]) or None
+    _log_limited(limiter.by_client_id, client_id, "token", wait, by="client_id")
+    return retry_after(wait)
 
 
-async def _buffer_body(receive: Receive) -> tuple[list[ReceiveMessage], bytes | None]:
-    """Read body messages up to :data:`MAX_FORM_BYTES`.
-
-    Returns the messages read and the whole body, or None for the body when
-    it is larger or the client disconnected.
-    """
-    messages: list[ReceiveMessage] = []
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        chunks.append(chunk)
-        if size > MAX_FORM_BYTES:
-            return messages, None
-        if not message.get("more_body", False):
-            return messages, b"".join(chunks)
-
-
-def _replay(messages: list[ReceiveMessage], receive: Receive) -> Receive:
-    pending = list(messages)
-
-    async def replay() -> ReceiveMessage:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
+def _log_limited(
+    buckets: TokenBucket, key: str, group: str, wait: float, *, by: str
+) -> None:
+    if buckets.should_log(key):
+        log.warning(
+            "oauth.rate_limited",
+            group=group,
+            key_hash=hashlib.sha256(key.encode()).hexdigest()[:16],
+            by=by,
+            retry_after=retry_after(wait),
+        )

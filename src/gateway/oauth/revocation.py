@@ -8,10 +8,14 @@ A client revokes one of its own tokens:
 - an access token is remembered as revoked until it expires; the grant and
   its other tokens stay valid.
 
-The client authenticates as at the token endpoint. An unknown, expired or
-malformed token gets 200 as well, as section 2.2 requires, so the answer
-does not tell whether a token existed. A token issued to another client is
-rejected with ``unauthorized_client`` and left alone.
+The client authenticates as at the token endpoint, and a confidential client
+is then charged to its per-client rate limit. A public client is limited per
+address only: without a secret, anyone can send its ``client_id``.
+
+An unknown, expired or malformed token gets 200 as well, as section 2.2
+requires, so the answer does not tell whether a token existed. A token
+issued to another client is rejected with ``unauthorized_client`` and left
+alone.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from gateway.oauth.flow import FormError, read_form
 from gateway.oauth.keys import SUPPORTED_ALGORITHMS, TokenVerificationError
 from gateway.oauth.responses import NO_STORE, oauth_error
 from gateway.oauth.revoked_tokens import revoke_access_token
-from gateway.oauth.token import TokenError, authenticate_client
+from gateway.oauth.token import TokenError, authenticate_client, charge_client
 from gateway.oauth.transactions import FlowState
 
 if TYPE_CHECKING:
@@ -53,6 +57,8 @@ async def revoke(request: Request[Any, Any, Any]) -> Response[bytes]:
         except FormError as exc:
             raise TokenError("invalid_request", str(exc)) from None
         client = await authenticate_client(runtime, request, form)
+        if not client.is_public:
+            charge_client(request, client)
         token = form.get("token")
         if not token:
             raise TokenError("invalid_request", "token is missing")

@@ -4,6 +4,13 @@ Public clients identify themselves with ``client_id`` alone. Confidential
 clients send their secret with HTTP Basic or in the form. Either method is
 accepted whichever one the client registered, but not both in one request.
 
+The per-client rate limit (``oauth.rate_limits.token``, keyed by client id)
+is charged only once the request has proven its client: for a confidential
+client right after its authentication, for a public client once its code or
+refresh token was found valid for it. Over the limit the client gets
+``temporarily_unavailable`` with HTTP 429 and ``Retry-After``, and the code
+or refresh token stays usable.
+
 Refresh tokens rotate on every use. Presenting a rotated-out one revokes the
 whole grant, because a second user of the same refresh token means it was
 copied (OAuth 2.1 section 4.3.1).
@@ -47,6 +54,7 @@ from gateway.oauth.flow import FormError, read_form
 from gateway.oauth.grant_revocation import announce_revoked
 from gateway.oauth.grants import UPSTREAM_SUBJECT_CHANGED, Grant, GrantEndedError
 from gateway.oauth.pre_registered import ClientAssertionError, authenticate_assertion
+from gateway.oauth.ratelimit import client_retry_after
 from gateway.oauth.resources import backend_for_resource
 from gateway.oauth.responses import json_response, oauth_error
 from gateway.oauth.transactions import FlowState, RefreshRecord
@@ -109,15 +117,17 @@ async def token(request: Request[Any, Any, Any]) -> Response[bytes]:
             raise TokenError("invalid_request", "grant_type is missing")
         client = await authenticate_client(runtime, request, form)
         client_id = client.client_id
+        if not client.is_public:
+            charge_client(request, client)
         if grant_type == "authorization_code":
-            return await _authorization_code(runtime, client, form)
+            return await _authorization_code(runtime, request, client, form)
         if grant_type == "refresh_token":
             if "refresh_token" not in client.grant_types:
                 raise TokenError(
                     "unauthorized_client",
                     "this client did not register the refresh_token grant",
                 )
-            return await _refresh_token(runtime, client, form)
+            return await _refresh_token(runtime, request, client, form)
         raise TokenError(
             "unsupported_grant_type",
             "grant_type must be 'authorization_code' or 'refresh_token'",
@@ -200,6 +210,23 @@ async def authenticate_client(
     return record
 
 
+def charge_client(request: Request[Any, Any, Any], client: ClientRecord) -> None:
+    """Take a token from the client's rate-limit bucket; see the module docstring.
+
+    Raises:
+        TokenError: ``temporarily_unavailable`` (429) with ``Retry-After``.
+    """
+    seconds = client_retry_after(request.scope, client.client_id)
+    if seconds is not None:
+        raise TokenError(
+            "temporarily_unavailable",
+            f"too many requests from this client; retry after {seconds} s",
+            status=429,
+            headers={"retry-after": str(seconds)},
+            reason="rate_limited",
+        )
+
+
 def _decode_basic(credentials: str) -> tuple[str, str]:
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
@@ -223,7 +250,10 @@ def _decode_basic(credentials: str) -> tuple[str, str]:
 
 
 async def _authorization_code(
-    runtime: Runtime, client: ClientRecord, form: dict[str, str]
+    runtime: Runtime,
+    request: Request[Any, Any, Any],
+    client: ClientRecord,
+    form: dict[str, str],
 ) -> Response[bytes]:
     # Every check runs before the code is used up, so a rejected request
     # leaves the code redeemable for the rest of its short lifetime. This
@@ -275,6 +305,8 @@ async def _authorization_code(
     grant = await runtime.grants.get(record.grant_id)
     if grant is None or grant.client_id != client.client_id:
         raise TokenError("invalid_grant", "the sign-in behind this code has ended")
+    if client.is_public:
+        charge_client(request, client)
 
     if await flow.redeem_code(code) is None:
         # A concurrent request redeemed the code between the look-up and now.
@@ -297,7 +329,10 @@ async def _code_replayed(
 
 
 async def _refresh_token(
-    runtime: Runtime, client: ClientRecord, form: dict[str, str]
+    runtime: Runtime,
+    request: Request[Any, Any, Any],
+    client: ClientRecord,
+    form: dict[str, str],
 ) -> Response[bytes]:
     # A rotated-out token revokes the grant before anything else is checked,
     # because its reuse means it was copied. For a live token every check
@@ -319,6 +354,8 @@ async def _refresh_token(
         )
     _check_resource(runtime, form, grant.resource)
     scopes = _narrowed_scopes(form.get("scope"), record.scopes)
+    if client.is_public:
+        charge_client(request, client)
     grant = await _recheck_upstream(runtime, grant)
     if not await flow.mark_refresh_token_used(refresh_token, record):
         # A concurrent request rotated the token between the check and now.
@@ -350,8 +387,7 @@ async def _recheck_upstream(runtime: Runtime, grant: Grant) -> Grant:
             "the identity provider refreshed the sign-in for another user; "
             "sign in again"
             if exc.revocation_reason == UPSTREAM_SUBJECT_CHANGED
-            else "the user's session at the identity provider has ended; "
-            "sign in again"
+            else "the user's session at the identity provider has ended; sign in again"
         )
         raise TokenError(
             "invalid_grant",

@@ -89,11 +89,22 @@ class PendingConsent(msgspec.Struct, kw_only=True):
 
 
 class UpstreamTransaction(msgspec.Struct, kw_only=True):
-    """A sign-in in progress at the IdP, keyed by the gateway's upstream ``state``."""
+    """A sign-in in progress at the IdP, keyed by the gateway's upstream ``state``.
+
+    Attributes:
+        request: The authorization request being completed.
+        nonce: The ``nonce`` sent to the IdP.
+        code_verifier: The PKCE verifier of the upstream code.
+        browser_hash: SHA-256 of the cookie set in the browser that was sent
+            to the IdP. The callback requires that cookie, so the sign-in
+            finishes only in the browser that started it. Empty in a record
+            stored before this field existed, which no cookie matches.
+    """
 
     request: AuthorizationRequest
     nonce: str
     code_verifier: str
+    browser_hash: str = ""
 
 
 class AuthorizationCode(msgspec.Struct, kw_only=True):
@@ -148,11 +159,18 @@ class FlowState:
         """Remove and return a pending consent; None if already used or expired."""
         return await self._consents.pop(transaction)
 
-    async def start_upstream(self, transaction: UpstreamTransaction) -> str:
-        """Store a sign-in at the IdP and return the ``state`` sent there."""
+    async def start_upstream(self, transaction: UpstreamTransaction) -> tuple[str, str]:
+        """Store a sign-in at the IdP, bound to a new browser secret.
+
+        Returns:
+            The ``state`` to send to the IdP and the secret for the browser
+            cookie; the stored transaction keeps only the secret's hash.
+        """
         state = secrets.token_urlsafe(32)
+        browser_secret = secrets.token_urlsafe(32)
+        transaction.browser_hash = hash_secret(browser_secret)
         await self._upstream.set(state, transaction, UPSTREAM_TTL)
-        return state
+        return state, browser_secret
 
     async def finish_upstream(self, state: str) -> UpstreamTransaction | None:
         """Remove and return the sign-in for an IdP ``state``; single use."""

@@ -70,7 +70,7 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
         outcome: Outcome
         if status >= 500 or error:
             outcome = "error"
-        elif status in (401, 403) or reason in ("tool_denied",):
+        elif status in (401, 403) or reason in ("tool_denied", "rate_limited"):
             outcome = "denied"
         elif reason is not None:
             outcome = "error"

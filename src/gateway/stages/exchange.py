@@ -228,10 +228,10 @@ class ExchangeStage(BaseStage[RequestContext, GatewayResponse]):
     ) -> None:
         """Revoke the request's grant and announce it, unless that happened already.
 
-        The grant store may have revoked it while refreshing (then the error
-        carries the grant and the cause). Whoever ended the grant publishes
-        ``GrantRevoked`` once; a grant already ended elsewhere is not
-        announced again.
+        The grant store may have revoked it while refreshing, and then the
+        error carries the grant and the cause. ``GrantRevoked`` is published
+        once, by the request that ended the grant, so a grant that ended
+        elsewhere is not announced again.
         """
         revoked: Grant | None = None
         revocation_reason = ID_TOKEN_REJECTED
@@ -239,8 +239,8 @@ class ExchangeStage(BaseStage[RequestContext, GatewayResponse]):
             revocation_reason = exc.revocation_reason
             revoked = exc.claim_revoked()
             if revoked is not None and revoked.grant_id != principal.grant_id:
-                # Another grant's exchange failed, and this request waited for
-                # it; that grant is announced, and this one ends as well.
+                # This request waited for another grant's failed exchange.
+                # That grant is announced here, and this one ends as well.
                 await self._announce(ctx, revoked, revocation_reason, oauth_error)
                 revoked = None
         if revoked is None:

@@ -63,40 +63,40 @@ def test_sink_config_all_kinds_parse() -> None:
     [
         (
             "    sinks: [{kind: kafka}]\n",
-            "stages.audit: Invalid value 'kafka' (at sinks[0].kind)",
+            "stages.audit.sinks[0].kind: Invalid value 'kafka'",
         ),
         (
             "    sinks: [{kind: stdout}, {kind: webhook, url: 'https://x.test', "
             "secret: short}]\n",
-            "stages.audit: Expected `str` of length >= 16 (at sinks[1].secret)",
+            "stages.audit.sinks[1].secret: Expected `str` of length >= 16",
         ),
         (
             "    sinks: [{kind: webhook, url: 'ftp://x.test', "
             "secret: 0123456789abcdef}]\n",
-            "stages.audit: url 'ftp://x.test' is not an http or https URL with a "
-            "host (at sinks[0])",
+            "stages.audit.sinks[0]: url 'ftp://x.test' is not an http or https URL "
+            "with a host",
         ),
         (
             "    sinks: [{kind: webhook, secret: 0123456789abcdef}]\n",
-            "stages.audit: Object missing required field `url` (at sinks[0])",
+            "stages.audit.sinks[0]: Object missing required field `url`",
         ),
         (
             "    sinks: [{kind: otlp, endpoint: collector:4318}]\n",
-            "stages.audit: endpoint 'collector:4318' is not an http or https URL "
-            "with a host (at sinks[0])",
+            "stages.audit.sinks[0]: endpoint 'collector:4318' is not an http or "
+            "https URL with a host",
         ),
         (
             "    sinks: [{kind: jsonl, backups: 0}]\n",
-            "stages.audit: Expected `int` >= 1 (at sinks[0].backups)",
+            "stages.audit.sinks[0].backups: Expected `int` >= 1",
         ),
         (
             "    sinks: [{kind: webhook, url: 'https://x.test', "
             "secret: 0123456789abcdef, max_batch: 0}]\n",
-            "stages.audit: Expected `int` >= 1 (at sinks[0].max_batch)",
+            "stages.audit.sinks[0].max_batch: Expected `int` >= 1",
         ),
         (
             "    sinks: [{kind: stdout, path: out.jsonl}]\n",
-            "stages.audit: Object contains unknown field `path` (at sinks[0])",
+            "stages.audit.sinks[0]: Object contains unknown field `path`",
         ),
         (
             "    sinks: [{kind: jsonl}, {kind: stdout}, {kind: jsonl}]\n",
@@ -105,7 +105,7 @@ def test_sink_config_all_kinds_parse() -> None:
         ),
         (
             "    journal_max_pending: 0\n",
-            "stages.audit: Expected `int` >= 1 (at journal_max_pending)",
+            "stages.audit.journal_max_pending: Expected `int` >= 1",
         ),
     ],
 )

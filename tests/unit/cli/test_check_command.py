@@ -38,8 +38,8 @@ def test_check_demo_config_prints_chains(capsys: pytest.CaptureFixture[str]) -> 
     """The shipped config is valid and each backend's chain is printed."""
     code, output = run_check(Path("config/gateway.yaml"), capsys)
     assert code == 0
-    assert "backend employees (pipeline):" in output
-    assert "backend partners (pipeline):" in output
+    assert "backend employees (pipeline, the default chain):" in output
+    assert "backend partners (pipeline, the default chain):" in output
     assert "7. forward (terminal)" in output
     assert "requires: backend_credentials, decision, principal" in output
 

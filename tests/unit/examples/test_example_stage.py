@@ -92,20 +92,24 @@ def example_config(**overrides: str) -> GatewayConfig:
     return load_config_text(CONFIG.format(**values))
 
 
+ORDER = [
+    "audit",
+    "authenticate",
+    REF,
+    "identify_agent",
+    "authorize",
+    "exchange",
+    "session",
+    "forward",
+]
+"""The chain of the YAML above."""
+
+
 def test_plan_custom_stage_keeps_declared_position() -> None:
     """A ``module:Class`` reference is planned where YAML puts it, with its settings."""
     plans, warnings = plan_backend_chains(example_config())
     declarations = plans["partners"].plan.declarations
-    assert [d.ref for d in declarations] == [
-        "audit",
-        "authenticate",
-        REF,
-        "identify_agent",
-        "authorize",
-        "exchange",
-        "session",
-        "forward",
-    ]
+    assert [d.ref for d in declarations] == ORDER
     assert declarations[2].cls is RequireTenantHeaderStage
     assert declarations[2].path == "pipeline[2]"
     assert declarations[2].settings == RequireTenantHeaderConfig(
@@ -114,15 +118,52 @@ def test_plan_custom_stage_keeps_declared_position() -> None:
     assert warnings == []
 
 
+def with_pipeline(refs: list[str]) -> GatewayConfig:
+    return GatewayConfig(**{**_fields(example_config()), "pipeline": refs})
+
+
 def test_plan_stage_before_authenticate_rejected() -> None:
     """Putting the stage before the stage that provides ``principal`` is rejected."""
-    config = example_config()
-    moved = [REF, *(ref for ref in config.pipeline if ref != REF)]
+    moved = ["audit", REF, "authenticate", *ORDER[3:]]
     with pytest.raises(ConfigError) as raised:
-        plan_backend_chains(GatewayConfig(**{**_fields(config), "pipeline": moved}))
+        plan_backend_chains(with_pipeline(moved))
     assert raised.value.problems == [
-        f'pipeline[0]: stage "{REF}" requires "principal", which no stage before '
+        f'pipeline[1]: stage "{REF}" requires "principal", which no stage before '
         'it provides; put "authenticate" before it'
+    ]
+
+
+def test_plan_stage_after_exchange_rejected() -> None:
+    """The class's ``before`` keeps the stage in front of ``exchange``."""
+    moved = [r for r in ORDER if r != REF]
+    moved.insert(moved.index("exchange") + 1, REF)
+    with pytest.raises(ConfigError) as raised:
+        plan_backend_chains(with_pipeline(moved))
+    assert raised.value.problems == [
+        f'pipeline[5]: stage "{REF}" must come before "exchange" (pipeline[4]), '
+        f'because its class declares before "exchange"; move "{REF}" above '
+        '"exchange"'
+    ]
+
+
+def test_plan_stage_outside_audit_rejected() -> None:
+    """The class's ``after`` keeps ``audit`` outside the stage."""
+    moved = ["authenticate", REF, "audit", *ORDER[3:]]
+    with pytest.raises(ConfigError) as raised:
+        plan_backend_chains(with_pipeline(moved))
+    assert raised.value.problems == [
+        f'pipeline[1]: stage "{REF}" must come after "audit" (pipeline[2]), '
+        f'because its class declares after "audit"; move "{REF}" below "audit"'
+    ]
+
+
+def test_plan_stage_without_audit_accepted() -> None:
+    """An ordering constraint on a stage the chain lacks constrains nothing."""
+    plans, warnings = plan_backend_chains(with_pipeline(ORDER[1:]))
+    assert [d.ref for d in plans["partners"].plan.declarations] == ORDER[1:]
+    assert warnings == [
+        'pipeline: the chain has no "audit" stage, so its requests are not '
+        'audited; add "audit" as the first stage'
     ]
 
 

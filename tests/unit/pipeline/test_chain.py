@@ -82,7 +82,8 @@ def test_plan_duplicate_reported() -> None:
     problems = problems_of(["login", "policy", "login", "send"])
     assert problems == [
         'pipeline[2]: stage "login" appears twice (first at pipeline[0]); '
-        "remove one of them"
+        "remove one of them, or give each its own instance name, such as "
+        '"login/second"'
     ]
 
 
@@ -113,8 +114,7 @@ def test_plan_reports_every_problem_at_once() -> None:
 def test_plan_bad_settings_name_yaml_path() -> None:
     """Settings are validated against the stage's Config Struct."""
     (problem,) = problems_of(["login", "policy", "send"], {"policy": {"deny": "bob"}})
-    assert problem.startswith("stages.policy: Expected `array`, got `str`")
-    assert "(at deny)" in problem
+    assert problem == "stages.policy.deny: Expected `array`, got `str`"
 
 
 def test_plan_bad_import_reference() -> None:
