@@ -78,7 +78,7 @@ class Gateway:
     def install(self, runtime: Runtime) -> None:
         """Serve new requests with ``runtime``; requests in flight keep theirs.
 
-        Runs without awaiting, so every request sees the whole switch or none.
+        Runs without awaiting, so every request gets the whole switch or none.
         """
         mirror(self.base, runtime)
         self.asgi.install(runtime)

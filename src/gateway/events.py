@@ -412,7 +412,7 @@ class SigningKeyRotated(GatewayEvent, frozen=True, kw_only=True):
 
 
 ReloadTrigger = Literal["sighup", "file_change"]
-"""What started a config reload: the ``SIGHUP`` signal or a change of the file."""
+"""The cause of a config reload: the ``SIGHUP`` signal or a change of the file."""
 
 
 class ConfigReloaded(GatewayEvent, frozen=True, kw_only=True):

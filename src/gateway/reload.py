@@ -190,8 +190,11 @@ class ConfigReloader:
         except Exception as exc:
             # A custom stage's constructor can fail in any way; the running
             # config must keep serving.
-            log.exception("config.stage_construction_failed", source=trigger)
-            problem = f"a stage failed to start: {type(exc).__name__}: {exc}"
+            log.exception("config.build_failed", source=trigger)
+            problem = (
+                f"building the new chains failed: {type(exc).__name__}: {exc}; "
+                "the gateway log has the traceback under config.build_failed"
+            )
             await self._reject(trigger, sha256, [problem])
             return False
         await self._install(trigger, sha256, candidate)

@@ -1,9 +1,9 @@
 """A gateway whose chain includes an optional stage, and a backend to test it.
 
-The stack is the demo (dev IdP, both demo backends, the whole gateway with
-real tokens and the jsonl audit sink) with the ``partners`` backend pointed
-at :func:`create_records_backend`, an official-SDK server whose tools return
-e-mail addresses and keys, and given its own chain and stage settings.
+The stack is the demo: the dev IdP, both demo backends, and the whole
+gateway with real tokens and the jsonl audit sink. Its ``partners`` backend
+points at :func:`create_records_backend`, an official-SDK server whose tools
+return e-mail addresses and keys, and gets its own chain and stage settings.
 ``partners`` authenticates with a static key, which the records backend
 ignores; ``cursor`` and ``inspector`` may use it, ``claude-code`` may not.
 """
@@ -86,7 +86,7 @@ def create_records_backend(
 
     @server.tool()
     async def resumed_contact(name: str, ctx: Context) -> str:
-        """Close this request's stream after a progress report, then answer."""
+        """Close this request's stream after a progress report, then return."""
         await ctx.report_progress(1, 2)
         await ctx.close_sse_stream()
         await anyio.sleep(0.2)

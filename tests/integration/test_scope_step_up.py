@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import msgspec
 import pytest
+from tests.integration.test_oauth_flow import error_link
 
 from gateway.app import open_gateway
 from gateway.demo.driver import MemoryTokenStorage, run_client
@@ -239,8 +240,11 @@ async def test_authorize_unknown_scope_redirects_invalid_scope(
                 "scope": f"mcp {SCOPE} partners:admin",
             },
         )
-    assert response.status_code in (302, 303)
-    query = parse_qs(urlsplit(response.headers["location"]).query)
+    # A dynamically registered client gets the error through the link of
+    # the gateway's error page, which a user would click.
+    assert response.status_code == 400
+    assert "location" not in response.headers
+    query = parse_qs(urlsplit(error_link(response)).query)
     assert query["error"] == ["invalid_scope"]
     assert "partners:admin" in query["error_description"][0]
 

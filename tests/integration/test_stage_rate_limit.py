@@ -75,7 +75,7 @@ async def open_raw_session(
 
 
 async def call_echo(client: Any, text: str) -> MCPError | None:
-    """Call ``echo``; return the error it raised, or None when it answered."""
+    """Call ``echo``; return the error it raised, or None when it succeeded."""
     try:
         result = await client.call_tool("echo", {"text": text})
     except MCPError as exc:
@@ -170,8 +170,8 @@ async def test_rate_limit_agents_and_users_have_own_buckets(tmp_path: Path) -> N
 async def test_rate_limit_default_counts_requests_only(tmp_path: Path) -> None:
     """Without methods, every request counts and notifications never do.
 
-    Raw HTTP, so that the test knows every message sent (the SDK client may
-    send requests of its own).
+    Raw HTTP, so that the test controls every message sent (the SDK client
+    may send requests of its own).
     """
     settings = {"per_minute": 60, "burst": 3}
     async with (

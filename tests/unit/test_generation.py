@@ -105,3 +105,31 @@ async def test_active_requests_wait_idle_returns_at_zero() -> None:
             active.leave()
             await idle.wait()
     assert active.count == 0
+
+
+async def test_observability_follow_times_and_checks_new_backends(
+    tmp_path: Path,
+) -> None:
+    """After a switch, a new backend is timed and checked for readiness."""
+    config = demo_config(URLS, tmp_path)
+    tree: dict[str, Any] = msgspec.to_builtins(config)
+    tree["backends"]["extra"] = {"path": "/extra/mcp", "url": URLS["partners"]}
+    new = load_config_text(msgspec.json.encode(tree).decode())
+    plans, _ = plan_backend_chains(new)
+    async with open_gateway(config) as gateway:
+        first = gateway.runtime
+        second = build_generation(
+            gateway.base, new, plans, previous=first, keep_chains=["employees"]
+        )
+        gateway.install(second)
+        gateway.observability.follow(gateway.base)
+
+        readiness = gateway.observability.readiness
+        assert readiness is not None
+        assert "backend:extra" in readiness.checks
+        assert second.backends["extra"].chain.stage_timer is not None
+        employees = second.backends["employees"]
+        assert (
+            employees.chain.stage_timer is first.backends["employees"].chain.stage_timer
+        )
+        await second.backends["extra"].client.aclose()

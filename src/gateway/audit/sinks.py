@@ -17,6 +17,16 @@ from pipeline.journal import drop_partial_line, read_last_line
 log = structlog.get_logger("gateway.audit")
 
 
+def open_owner_only(path: Path) -> BinaryIO:
+    """Open ``path`` for appending; a new file gets mode 0600 whatever the umask.
+
+    Audit records name users and clients, so other local users must not read
+    them. An existing file keeps the mode it has.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return open(fd, "ab")
+
+
 def backup_path(path: Path, number: int) -> Path:
     """Return the name of rotated file ``number`` of ``path`` (1 is the newest)."""
     return path.with_name(f"{path.name}.{number}")
@@ -140,7 +150,7 @@ class JsonlSink:
 
     def _current_size(self) -> int:
         if self._file is None or self._file.closed:
-            self._file = self.path.open("ab")
+            self._file = open_owner_only(self.path)
             self._size = self._file.tell()
         return self._size
 
@@ -174,7 +184,7 @@ class JsonlSink:
             if source.exists():
                 os.replace(source, backup_path(self.path, number + 1))
         os.replace(self.path, backup_path(self.path, 1))
-        self._file = self.path.open("ab")
+        self._file = open_owner_only(self.path)
         self._size = 0
         log.info(
             "audit.file_rotated",

@@ -3,9 +3,11 @@
 The MCP SDK's ``OAuthClientProvider`` does discovery, dynamic registration,
 PKCE and the token request. This driver does what a person's browser would:
 it fetches the authorization URL with ``login_hint`` added, submits the
-consent form and follows the redirects through the IdP. It takes the code
-from the final redirect to the client's loopback ``redirect_uri``, so no
-server needs to listen there.
+consent form and follows the redirects through the IdP. When the gateway
+shows an error page with a "Return to" link instead of redirecting (an
+error for a client it cannot verify), the driver follows the link, as the
+person would click it. It takes the code or the error from the final URL,
+the client's loopback ``redirect_uri``, so no server needs to listen there.
 """
 
 from __future__ import annotations
@@ -121,6 +123,10 @@ class BrowserDriver:
                 if response.is_redirect:
                     url = urljoin(url, response.headers["location"])
                     continue
+                link = _RETURN_LINK.search(response.text)
+                if link is not None:
+                    url = urljoin(url, unescape(link.group(1)))
+                    continue
                 if response.status_code == 200 and "<form" in response.text:
                     url, data = _consent_submission(url, response.text, self.approve)
                     method = "POST"
@@ -167,6 +173,7 @@ def _add_query(url: str, params: dict[str, str]) -> str:
 
 
 _FORM_ACTION = re.compile(r"<form[^>]*action=\"([^\"]+)\"")
+_RETURN_LINK = re.compile(r"<a class=\"return\"[^>]*href=\"([^\"]+)\"")
 _INPUT = re.compile(r"<input\b[^>]*>")
 _ATTRIBUTE = re.compile(r"(\w+)=\"([^\"]*)\"")
 

@@ -3,7 +3,12 @@
 An authorization request is validated in RFC 6749 section 4.1.2.1 order.
 Problems with ``client_id`` or ``redirect_uri`` are shown on an error page,
 because redirecting to an unverified URI would make the gateway an open
-redirector. Every later problem is sent to the client's redirect URI.
+redirector. Every later problem is sent to the client's redirect URI: at
+once for a pre-registered client or one whose identity is proven, and for
+any other client through a link on an error page, because anyone can
+register a client with any redirect URI (RFC 9700 section 4.11.2). An error
+after the user acted, such as Deny on the consent page, is always
+redirected.
 
 The consent page is bound to the browser that opened it: the form posts a
 single-use transaction id, and the browser must also send a SameSite=Strict
@@ -120,6 +125,7 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
             "invalid_request",
             problem or "state is required",
             reason="invalid_request",
+            user_acted=False,
         )
     response_type, problem = _single(params, "response_type")
     if problem or response_type != "code":
@@ -129,11 +135,17 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
             "unsupported_response_type",
             problem or "response_type must be 'code'",
             reason="unsupported_response_type",
+            user_acted=False,
         )
     error = _pkce_problem(params)
     if error:
         return await reject(
-            runtime, draft, "invalid_request", error, reason="invalid_request"
+            runtime,
+            draft,
+            "invalid_request",
+            error,
+            reason="invalid_request",
+            user_acted=False,
         )
     resources = params.getall("resource", [])
     if len(resources) != 1:
@@ -143,7 +155,12 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
             else "give exactly one resource; a token is for one MCP endpoint"
         )
         return await reject(
-            runtime, draft, "invalid_target", description, reason="invalid_target"
+            runtime,
+            draft,
+            "invalid_target",
+            description,
+            reason="invalid_target",
+            user_acted=False,
         )
     target = backend_for_resource(runtime.config, resources[0])
     if target is None:
@@ -153,12 +170,18 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
             "invalid_target",
             f"{resources[0]!r} is not an MCP endpoint of this gateway",
             reason="invalid_target",
+            user_acted=False,
         )
     backend, resource = target
     scopes, problem = _requested_scopes(runtime, params, backend)
     if problem:
         return await reject(
-            runtime, draft, "invalid_scope", problem, reason="invalid_scope"
+            runtime,
+            draft,
+            "invalid_scope",
+            problem,
+            reason="invalid_scope",
+            user_acted=False,
         )
     login_hint, _ = _single(params, "login_hint")
 
@@ -184,6 +207,7 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
         upstream_client_id=upstream_clients(runtime).choose(
             agent.id, verified=agent.verified
         ),
+        redirect_trusted=draft.redirect_trusted,
     )
     log.info(
         "oauth.upstream_client_chosen",
@@ -210,9 +234,12 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
             "access_denied",
             _agent_not_allowed(record, agent.id, agent.trust, backend),
             reason="agent_not_allowed",
+            user_acted=False,
         )
     if record.pre_approved or client_id in runtime.config.oauth.pre_approved_clients:
-        return await redirect_upstream(runtime, auth_request, stage=_STAGE)
+        return await redirect_upstream(
+            runtime, auth_request, stage=_STAGE, user_acted=False
+        )
     remembered = await ConsentStore(runtime.store).remembered_user(
         request.cookies.get(consent_cookie_name(runtime.issuer)),
         client_id=record.client_id,
@@ -231,7 +258,9 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[bytes]:
                 reason="remembered_consent",
             )
         )
-        return await redirect_upstream(runtime, auth_request, stage=_STAGE)
+        return await redirect_upstream(
+            runtime, auth_request, stage=_STAGE, user_acted=False
+        )
 
     transaction, browser_secret = await FlowState(runtime.store).start_consent(
         auth_request
@@ -345,7 +374,9 @@ async def consent(request: Request[Any, Any, Any]) -> Response[bytes]:
             )
         )
         auth_request.consent_approved = True
-        response = await redirect_upstream(runtime, auth_request, stage=_CONSENT_STAGE)
+        response = await redirect_upstream(
+            runtime, auth_request, stage=_CONSENT_STAGE, user_acted=True
+        )
     response.cookies.append(
         Cookie(
             key=_cookie_name(transaction),
@@ -461,6 +492,8 @@ def _draft(
         backend="",
         scopes=[],
         agent_id="",
+        # The operator configured a pre-registered client's redirect URIs.
+        redirect_trusted=record.pre_registered or record.identity_proven,
     )
 
 

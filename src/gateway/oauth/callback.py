@@ -96,13 +96,18 @@ async def _complete(
     params = request.query_params
     auth_request = transaction.request
     iss = params.get("iss")
-    if iss is not None and iss != runtime.upstream.issuer:
+    problem = response_issuer_problem(
+        iss, runtime.upstream.issuer, iss is None and await _iss_advertised(runtime)
+    )
+    if problem is not None:
         return await reject(
             runtime,
             auth_request,
             "server_error",
-            "the identity provider response came from an unexpected issuer",
-            reason="upstream_issuer_mismatch",
+            "the identity provider response came from an unexpected issuer"
+            if problem == "upstream_issuer_mismatch"
+            else "the identity provider response has no iss, which it promises",
+            reason=problem,
             outcome="error",
             stage=_STAGE,
         )
@@ -253,6 +258,34 @@ async def _complete(
             _consent_cookie(runtime, cookie_name, new_browser_id, CONSENT_MEMORY_TTL)
         )
     return response
+
+
+def response_issuer_problem(
+    iss: str | None, issuer: str, advertised: bool
+) -> str | None:
+    """Return why an authorization response's ``iss`` is unacceptable, or None.
+
+    RFC 9207 section 2.4: ``iss`` must equal the IdP's issuer, and it may be
+    absent only when the IdP's metadata does not set
+    ``authorization_response_iss_parameter_supported`` (``advertised``).
+
+    Returns:
+        ``upstream_issuer_missing``, ``upstream_issuer_mismatch`` or None.
+    """
+    if iss is None:
+        return "upstream_issuer_missing" if advertised else None
+    return None if iss == issuer else "upstream_issuer_mismatch"
+
+
+async def _iss_advertised(runtime: Runtime) -> bool:
+    """Return whether the IdP's metadata promises ``iss`` in its responses."""
+    try:
+        document = await runtime.upstream.metadata()
+    except UpstreamError:
+        # The code exchange needs the same metadata, so it fails as well and
+        # the sign-in does not complete.
+        return False
+    return document.get("authorization_response_iss_parameter_supported") is True
 
 
 def _consent_cookie(runtime: Runtime, name: str, value: str, max_age: int) -> Cookie:

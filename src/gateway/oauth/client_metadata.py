@@ -9,8 +9,10 @@ forgery risk, so the fetch:
   dot segments; plain http is accepted only for loopback hosts in development
   (``oauth.client_metadata.allow_loopback``);
 - resolves the host first and connects only when every address is a global
-  unicast address (loopback ones too in development), then connects to the
-  address it checked, so a second DNS answer cannot redirect it;
+  unicast address, also the IPv4 address inside an IPv6 form such as NAT64
+  (:mod:`gateway.oauth.public_addresses`; loopback ones too in development),
+  then connects to the address it checked, so a second DNS answer cannot
+  redirect it;
 - follows no redirects, reads at most :data:`MAX_DOCUMENT_BYTES`, and gives up
   after :data:`FETCH_TIMEOUT` seconds.
 
@@ -47,7 +49,8 @@ from gateway.oauth.clients import (
     RegistrationError,
     validate_metadata,
 )
-from gateway.oauth.redirects import display_uri, is_loopback_host
+from gateway.oauth.public_addresses import is_public_address
+from gateway.oauth.redirects import display_uri, has_dot_segment, is_loopback_host
 from gateway.store import Store, TypedStore
 
 if TYPE_CHECKING:
@@ -191,8 +194,7 @@ class ClientMetadataResolver:
             raise ClientMetadataError(
                 "invalid_url", f"{name} {safe_url} must not have a fragment"
             )
-        segments = parts.path.split("/")
-        if parts.path in ("", "/") or "." in segments or ".." in segments:
+        if parts.path in ("", "/") or has_dot_segment(parts.path):
             raise ClientMetadataError(
                 "invalid_url",
                 f"{name} {safe_url} must have a path without '.' or '..' segments",
@@ -265,22 +267,13 @@ class ClientMetadataResolver:
                 "fetch_failed", f"the host {host!r} does not resolve"
             )
         for address in addresses:
-            if not self._address_allowed(address):
+            if not is_public_address(address, allow_loopback=self.allow_loopback):
                 raise ClientMetadataError(
                     "forbidden_address",
                     f"the host {host!r} resolves to a private, "
                     "loopback, link-local or reserved address",
                 )
         return list(dict.fromkeys(str(address) for address in addresses))
-
-    def _address_allowed(
-        self, address: ipaddress.IPv4Address | ipaddress.IPv6Address
-    ) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if address.is_loopback:
-            return self.allow_loopback
-        return address.is_global and not address.is_multicast
 
     async def _get(
         self, target: httpx.URL, address: str, document_name: str

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import time
+import unicodedata
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +32,15 @@ AUTH_METHODS: tuple[ClientAuthMethod, ...] = (
 )
 GRANT_TYPES = ("authorization_code", "refresh_token")
 RESPONSE_TYPES = ("code",)
+
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+"""Unicode categories not allowed in ``client_name`` and ``scope``.
+
+The consent page shows ``client_name``. Controls, format characters (such
+as U+202E RIGHT-TO-LEFT OVERRIDE and U+200B ZERO WIDTH SPACE), surrogates,
+private-use characters and line separators can hide or reorder text, so one
+client could show the name of another.
+"""
 
 MAX_REDIRECT_URIS = 20
 MAX_CLIENT_NAME_LENGTH = 200
@@ -367,11 +377,12 @@ def _optional_text(metadata: dict[str, Any], name: str, max_length: int) -> str 
     if not isinstance(value, str):
         raise RegistrationError("invalid_client_metadata", f"{name} must be a string")
     if len(value) > max_length or any(
-        ord(char) < 0x20 or ord(char) == 0x7F for char in value
+        unicodedata.category(char) in _HIDDEN_CATEGORIES for char in value
     ):
         raise RegistrationError(
             "invalid_client_metadata",
-            f"{name} must be at most {max_length} characters, "
-            "without control characters",
+            f"{name} must be at most {max_length} characters, without control, "
+            "format (such as bidirectional overrides and zero-width characters), "
+            "private-use or line-separator characters",
         )
     return value

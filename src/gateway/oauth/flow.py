@@ -11,7 +11,7 @@ from litestar import Request, Response
 from gateway.errors import UpstreamError
 from gateway.events import AgentRef, AuthorizationRejected
 from gateway.oauth import pkce
-from gateway.oauth.pages import error_page
+from gateway.oauth.pages import error_page, error_redirect_page
 from gateway.oauth.redirects import with_query
 from gateway.oauth.responses import error_description, html_response, redirect
 from gateway.oauth.sign_in_cookie import sign_in_cookie
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from gateway.runtime import Runtime
 
 log = structlog.get_logger("gateway.oauth")
+
+_PAGE_STATUS = {"access_denied": 403, "temporarily_unavailable": 503}
+"""HTTP status of an error page by OAuth error; 400 for any other error."""
 
 MAX_FORM_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 100
@@ -108,15 +111,21 @@ def agent_ref(request: AuthorizationRequest) -> AgentRef:
     )
 
 
+def client_redirect_location(
+    runtime: Runtime, request: AuthorizationRequest, params: dict[str, str | None]
+) -> str:
+    """Return the client's redirect URI with ``params``, ``state`` and ``iss``."""
+    return with_query(
+        request.redirect_uri,
+        {**params, "state": request.state or None, "iss": runtime.issuer},
+    )
+
+
 def client_redirect(
     runtime: Runtime, request: AuthorizationRequest, params: dict[str, str | None]
 ) -> Response[bytes]:
     """Redirect to the client's redirect URI with ``params``, ``state`` and ``iss``."""
-    location = with_query(
-        request.redirect_uri,
-        {**params, "state": request.state or None, "iss": runtime.issuer},
-    )
-    return redirect(location)
+    return redirect(client_redirect_location(runtime, request, params))
 
 
 async def reject(
@@ -128,14 +137,25 @@ async def reject(
     reason: str,
     outcome: str = "denied",
     stage: str = "oauth.authorize",
+    user_acted: bool = True,
 ) -> Response[bytes]:
-    """Publish ``AuthorizationRejected`` and send the error to the client."""
+    """Publish ``AuthorizationRejected`` and send the error to the client.
+
+    The error goes to the client's redirect URI with a 302, unless the user
+    has not acted yet (``user_acted`` False) and the request's redirect URI
+    is not trusted (``request.redirect_trusted``). Then the browser gets an
+    HTML page that names the error and links to that redirect, so a page
+    that sends users to the gateway cannot bounce them on to any URI
+    someone registered (RFC 9700 section 4.11.2).
+    """
+    on_page = not user_acted and not request.redirect_trusted
     log.info(
         "oauth.authorization_rejected",
         client_id=request.client_id,
         backend=request.backend,
         error=error,
         reason=reason,
+        delivery="page" if on_page else "redirect",
     )
     await runtime.publish(
         AuthorizationRejected(
@@ -149,21 +169,30 @@ async def reject(
             detail=description,
         )
     )
-    return client_redirect(
-        runtime,
-        request,
-        {"error": error, "error_description": error_description(description)},
+    params: dict[str, str | None] = {
+        "error": error,
+        "error_description": error_description(description),
+    }
+    if not on_page:
+        return client_redirect(runtime, request, params)
+    page = error_redirect_page(
+        error,
+        description,
+        location=client_redirect_location(runtime, request, params),
+        client=request.client_name or request.client_id,
     )
+    return html_response(page, status=_PAGE_STATUS.get(error, 400))
 
 
 async def redirect_upstream(
-    runtime: Runtime, request: AuthorizationRequest, *, stage: str
+    runtime: Runtime, request: AuthorizationRequest, *, stage: str, user_acted: bool
 ) -> Response[bytes]:
     """Redirect to the IdP with the gateway's own ``state``, ``nonce`` and PKCE.
 
     The authorization URL names the upstream client chosen at authorize. The
     redirect sets the sign-in cookie (:mod:`gateway.oauth.sign_in_cookie`)
-    that the callback requires.
+    that the callback requires. ``user_acted`` is True when the user approved
+    on the consent page; :func:`reject` receives it for the errors sent here.
     """
     try:
         client = upstream_clients(runtime).get(request.upstream_client_id)
@@ -177,6 +206,7 @@ async def redirect_upstream(
             reason="upstream_client_unknown",
             outcome="error",
             stage=stage,
+            user_acted=user_acted,
         )
     verifier = pkce.new_code_verifier()
     nonce = pkce.new_code_verifier()
@@ -200,6 +230,7 @@ async def redirect_upstream(
             reason=exc.reason,
             outcome="error",
             stage=stage,
+            user_acted=user_acted,
         )
     response = redirect(url)
     response.cookies.append(sign_in_cookie(runtime.issuer, state, browser_secret))

@@ -1,4 +1,4 @@
-"""The HTML pages people see during sign-in: the consent page and the error page.
+"""The HTML pages people see during sign-in: the consent page and error pages.
 
 Every value shown is escaped; the pages carry no token and no script.
 """
@@ -26,6 +26,8 @@ button{flex:1;font-size:1rem;padding:10px 0;border-radius:8px;cursor:pointer;
 border:1px solid #c4c9d0;background:#fff}
 button.approve{background:#1f5fd6;border-color:#1f5fd6;color:#fff}
 .note{font-size:.85rem;color:#5e6670;margin-top:16px}
+a.return{display:inline-block;margin-top:8px;padding:10px 16px;border-radius:8px;
+border:1px solid #c4c9d0;color:#1d2129;text-decoration:none}
 """
 
 
@@ -82,4 +84,38 @@ def error_page(title: str, message: str) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title><style>{_STYLE}</style></head>
 <body><main><h1>{escape(title)}</h1><p>{escape(message)}</p></main></body></html>
+"""
+
+
+def error_redirect_page(
+    error: str, description: str, *, location: str, client: str
+) -> str:
+    """Return a page that names an OAuth error and links back to the client.
+
+    For an error found at authorize, before the user acted, for a client
+    whose redirect URI the gateway cannot trust: the user decides whether to
+    follow the link instead of being redirected at once.
+
+    Args:
+        error: The OAuth error code, such as ``access_denied``.
+        description: The ``error_description`` sent with it.
+        location: The client's redirect URI with the error parameters.
+        client: The client's name, or its id when it registered none.
+    """
+    host = urlsplit(location).netloc
+    rows = [("Error", error), ("Application", client), ("Returns to", host)]
+    details = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign-in stopped: {escape(error)}</title><style>{_STYLE}</style></head>
+<body><main>
+<h1>Sign-in stopped: {escape(error)}</h1>
+<p>{escape(description)}</p>
+<dl>{details}</dl>
+<a class="return" rel="noreferrer" href="{escape(location)}">
+Return to {escape(host)}</a>
+<p class="note">This gateway cannot verify the application, so it does not
+send you back on its own. Return only if you started this sign-in yourself.</p>
+</main></body></html>
 """

@@ -11,7 +11,7 @@ that method and a ``jwks`` or ``jwks_uri``. An assertion is accepted when:
 - ``iss`` and ``sub`` are the client id, and ``aud`` is the gateway's token
   endpoint URL exactly (a string, or an array with that one URL);
 - ``exp`` is in the future and at most :data:`MAX_ASSERTION_LIFETIME` seconds
-  ahead, and ``iat``, when present, is not in the future;
+  ahead, and ``iat`` and ``nbf``, when present, are not in the future;
 - ``jti`` is present and was not used before: each one is remembered until
   the assertion expires.
 
@@ -176,6 +176,11 @@ async def verify_client_assertion(
     iat = claims.get("iat")
     if iat is not None and (not _is_number(iat) or iat - ASSERTION_LEEWAY > current):
         raise ClientAssertionError("the client assertion iat is in the future")
+    nbf = claims.get("nbf")
+    if nbf is not None and (not _is_number(nbf) or nbf - ASSERTION_LEEWAY > current):
+        raise ClientAssertionError(
+            "the client assertion nbf is in the future or not a number"
+        )
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > 200:
         raise ClientAssertionError("the client assertion has no jti")

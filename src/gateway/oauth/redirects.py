@@ -1,7 +1,8 @@
 """Redirect URI rules: what may be registered, what matches, how to redirect.
 
 Registration accepts https URLs and plain-http loopback URLs (RFC 8252
-section 7.3), written with RFC 3986 characters only. At authorization a
+section 7.3), written with RFC 3986 characters only and without dot segments
+in the path. At authorization a
 redirect URI must equal a registered one, except that a loopback redirect URI
 may use any port, because native clients listen on an ephemeral port
 (RFC 8252 section 7.3).
@@ -73,6 +74,11 @@ def redirect_uri_problem(uri: str) -> str | None:
             f"redirect URI {shown} has an invalid host; use a DNS name, an IPv4 "
             "address or an IPv6 address in brackets"
         )
+    if has_dot_segment(parts.path):
+        return (
+            f"redirect URI {shown} must have a path without '.' or '..' segments, "
+            "which URL normalisation would remove"
+        )
     if parts.scheme == "https":
         return None
     if parts.scheme == "http" and is_loopback_host(parts.hostname):
@@ -80,6 +86,18 @@ def redirect_uri_problem(uri: str) -> str | None:
     return (
         f"redirect URI {shown} must use https, or http on a loopback host "
         "(127.0.0.1, [::1] or localhost)"
+    )
+
+
+def has_dot_segment(path: str) -> bool:
+    """Return whether a URL path has a ``.`` or ``..`` segment.
+
+    Percent-encoded dots count too: RFC 3986 section 6.2.2.2 lets a
+    normaliser decode ``%2E``, after which the segment is removed.
+    """
+    return any(
+        segment.lower().replace("%2e", ".") in (".", "..")
+        for segment in path.split("/")
     )
 
 

@@ -27,12 +27,12 @@ import structlog
 from litestar import Request, Response, post
 
 from gateway.events import TokenRevoked, UserRef
+from gateway.oauth.client_auth import TokenError, authenticate_client, charge_client
 from gateway.oauth.clients import ClientRecord
 from gateway.oauth.flow import FormError, read_form
 from gateway.oauth.keys import SUPPORTED_ALGORITHMS, TokenVerificationError
 from gateway.oauth.responses import NO_STORE, oauth_error
-from gateway.oauth.revoked_tokens import revoke_access_token
-from gateway.oauth.token import TokenError, authenticate_client, charge_client
+from gateway.oauth.revoked_tokens import REVOCATION_MARGIN, revoke_access_token
 from gateway.oauth.transactions import FlowState
 
 if TYPE_CHECKING:
@@ -136,7 +136,9 @@ async def _revoke_access_token(
         return False
     if claims.get("client_id") != client.client_id:
         raise _other_client(client)
-    if exp <= time.time():
+    # Until exp plus the largest leeway a verifier accepts, the token still
+    # passes verification, so its revocation must be recorded until then.
+    if exp + REVOCATION_MARGIN <= time.time():
         return True
     await revoke_access_token(runtime.store, token_id, exp)
     log.info(

@@ -57,7 +57,7 @@ def _cookie(issuer: str, state: str, value: str, max_age: int) -> Cookie:
         key=_name(issuer, state),
         value=value,
         # Behind a proxy that serves the gateway under a path prefix, the
-        # browser sees the callback under that prefix.
+        # callback URL includes that prefix.
         path=urlsplit(issuer).path.rstrip("/") + "/oauth2/callback",
         max_age=max_age,
         httponly=True,

@@ -29,11 +29,8 @@ failure, and this one states the cause.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_plus
 
 import structlog
 from litestar import Request, Response, post
@@ -48,13 +45,11 @@ from gateway.events import (
 )
 from gateway.oauth import pkce
 from gateway.oauth.access_tokens import agent_claim, mint_access_token
-from gateway.oauth.client_metadata import ClientMetadataError, lookup_client
+from gateway.oauth.client_auth import TokenError, authenticate_client, charge_client
 from gateway.oauth.clients import ClientRecord
 from gateway.oauth.flow import FormError, read_form
 from gateway.oauth.grant_revocation import announce_revoked
 from gateway.oauth.grants import UPSTREAM_SUBJECT_CHANGED, Grant, GrantEndedError
-from gateway.oauth.pre_registered import ClientAssertionError, authenticate_assertion
-from gateway.oauth.ratelimit import client_retry_after
 from gateway.oauth.resources import backend_for_resource
 from gateway.oauth.responses import json_response, oauth_error
 from gateway.oauth.transactions import FlowState, RefreshRecord
@@ -64,36 +59,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("gateway.oauth")
 
-_BASIC_CHALLENGE = {"www-authenticate": 'Basic realm="agent-proxy", charset="UTF-8"'}
-
 UPSTREAM_RETRY_AFTER = 30
 """Seconds sent in ``Retry-After`` when the IdP is unavailable and sent none."""
 MAX_UPSTREAM_RETRY_AFTER = 3600
 """Maximum ``Retry-After`` passed on, in seconds, whatever the IdP sent."""
-
-
-class TokenError(Exception):
-    """A token request rejected with an RFC 6749 section 5.2 error."""
-
-    def __init__(
-        self,
-        error: str,
-        description: str,
-        *,
-        status: int = 400,
-        headers: dict[str, str] | None = None,
-        grant: Grant | None = None,
-        reason: str | None = None,
-        upstream_oauth_error: str | None = None,
-    ) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-        self.status = status
-        self.headers = headers
-        self.grant = grant
-        self.reason = reason or error
-        self.upstream_oauth_error = upstream_oauth_error
 
 
 @post("/oauth2/token", status_code=200)
@@ -137,116 +106,6 @@ async def token(request: Request[Any, Any, Any]) -> Response[bytes]:
         return oauth_error(
             exc.error, exc.description, status=exc.status, headers=exc.headers
         )
-
-
-async def authenticate_client(
-    runtime: Runtime, request: Request[Any, Any, Any], form: dict[str, str]
-) -> ClientRecord:
-    """Return the client that sent a token or revocation request.
-
-    A public client names itself with ``client_id``; a confidential one sends
-    its secret with HTTP Basic or in the form, not both, or, when it is
-    pre-registered for ``private_key_jwt``, a client assertion.
-
-    Raises:
-        TokenError: ``invalid_client`` (401) or ``invalid_request``.
-    """
-    if "client_assertion" in form or "client_assertion_type" in form:
-        try:
-            return await authenticate_assertion(runtime, request, form)
-        except ClientAssertionError as exc:
-            status = 401 if exc.error == "invalid_client" else 400
-            raise TokenError(exc.error, exc.description, status=status) from None
-    authorization = request.headers.get("authorization")
-    basic = authorization is not None and authorization[:6].lower() == "basic "
-    challenge = _BASIC_CHALLENGE if basic else None
-    if authorization is not None and not basic:
-        raise TokenError(
-            "invalid_client", "client authentication must use HTTP Basic", status=401
-        )
-    if basic:
-        assert authorization is not None
-        client_id, secret = _decode_basic(authorization[6:])
-        if form.get("client_secret") is not None:
-            raise TokenError(
-                "invalid_request",
-                "use one client authentication method, not Basic and the form",
-            )
-        if form.get("client_id") not in (None, client_id):
-            raise TokenError(
-                "invalid_request", "client_id differs from the Basic credentials"
-            )
-    else:
-        client_id = form.get("client_id", "")
-        secret = form.get("client_secret", "")
-    if not client_id:
-        raise TokenError("invalid_client", "client_id is missing", status=401)
-    try:
-        record = await lookup_client(request, client_id)
-    except ClientMetadataError as exc:
-        raise TokenError(
-            "invalid_client", exc.description, status=401, headers=challenge
-        ) from None
-    if record is None:
-        raise TokenError(
-            "invalid_client", "unknown client", status=401, headers=challenge
-        )
-    if record.is_public:
-        if secret:
-            raise TokenError(
-                "invalid_client",
-                "this client is public and must not send a client secret",
-                status=401,
-                headers=challenge,
-            )
-        return record
-    if not secret or not record.check_secret(secret):
-        raise TokenError(
-            "invalid_client",
-            "client authentication failed",
-            status=401,
-            headers=challenge,
-        )
-    return record
-
-
-def charge_client(request: Request[Any, Any, Any], client: ClientRecord) -> None:
-    """Take a token from the client's rate-limit bucket; see the module docstring.
-
-    Raises:
-        TokenError: ``temporarily_unavailable`` (429) with ``Retry-After``.
-    """
-    seconds = client_retry_after(request.scope, client.client_id)
-    if seconds is not None:
-        raise TokenError(
-            "temporarily_unavailable",
-            f"too many requests from this client; retry after {seconds} s",
-            status=429,
-            headers={"retry-after": str(seconds)},
-            reason="rate_limited",
-        )
-
-
-def _decode_basic(credentials: str) -> tuple[str, str]:
-    try:
-        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise TokenError(
-            "invalid_client",
-            "the Basic credentials are not valid",
-            status=401,
-            headers=_BASIC_CHALLENGE,
-        ) from None
-    client_id, separator, secret = decoded.partition(":")
-    if not separator:
-        raise TokenError(
-            "invalid_client",
-            "the Basic credentials lack a ':'",
-            status=401,
-            headers=_BASIC_CHALLENGE,
-        )
-    # RFC 6749 section 2.3.1: both parts are form-encoded before Basic encoding.
-    return unquote_plus(client_id), unquote_plus(secret)
 
 
 async def _authorization_code(
@@ -311,7 +170,9 @@ async def _authorization_code(
     if await flow.redeem_code(code) is None:
         # A concurrent request redeemed the code between the look-up and now.
         raise await _code_replayed(runtime, client, record.grant_id)
-    return await _issue(runtime, client, grant, grant.scopes, "authorization_code")
+    return await _issue(
+        runtime, client, grant, grant.scopes, grant.scopes, "authorization_code"
+    )
 
 
 async def _code_replayed(
@@ -360,7 +221,9 @@ async def _refresh_token(
     if not await flow.mark_refresh_token_used(refresh_token, record):
         # A concurrent request rotated the token between the check and now.
         raise await _refresh_token_reused(runtime, client, record)
-    return await _issue(runtime, client, grant, scopes, "refresh_token")
+    # RFC 6749 section 6: the new refresh token has the scope of the one
+    # presented, so narrowing one access token does not narrow the sign-in.
+    return await _issue(runtime, client, grant, scopes, record.scopes, "refresh_token")
 
 
 async def _recheck_upstream(runtime: Runtime, grant: Grant) -> Grant:
@@ -485,8 +348,13 @@ async def _issue(
     client: ClientRecord,
     grant: Grant,
     scopes: list[str],
+    refresh_scopes: list[str],
     grant_type: str,
 ) -> Response[bytes]:
+    """Issue an access token and, if the client may refresh, a refresh token.
+
+    The access token carries ``scopes``, the refresh token ``refresh_scopes``.
+    """
     signing = runtime.config.signing
     # No access token outlives its grant, which may end early when it has no
     # upstream refresh token (see GrantStore.save).
@@ -510,7 +378,7 @@ async def _issue(
             RefreshRecord(
                 grant_id=grant.grant_id,
                 client_id=client.client_id,
-                scopes=list(scopes),
+                scopes=list(refresh_scopes),
                 expires_at=expires_at,
             )
         )

@@ -54,6 +54,11 @@ class AuthorizationRequest(msgspec.Struct, kw_only=True):
         remembered_user_sub: That user's subject.
         upstream_client_id: The upstream client chosen for the sign-in: a
             verified agent's own client, or None for the gateway's.
+        redirect_trusted: Whether an error found before the user acted may
+            be redirected to ``redirect_uri`` at once: true for a
+            pre-registered client and a client whose identity is proven. For
+            any other client such an error is shown on a page with a link,
+            so the gateway is no open redirector (RFC 9700 section 4.11.2).
     """
 
     client_id: str
@@ -73,6 +78,7 @@ class AuthorizationRequest(msgspec.Struct, kw_only=True):
     remembered_user_iss: str | None = None
     remembered_user_sub: str | None = None
     upstream_client_id: str | None = None
+    redirect_trusted: bool = False
 
 
 class PendingConsent(msgspec.Struct, kw_only=True):

@@ -29,9 +29,9 @@ OVERSIZED = "oversized"
 # Each preset starts with a literal or a lookbehind that fails inside a run of
 # the characters it matches, so a search does not rescan the same run from
 # every start position. Every repeat is possessive or bounded. On 1 MiB
-# strings built to defeat them (one character repeated, "a@" repeated) all
-# five together take about 0.2 s (CPython 3.11, one core of the development
-# machine); ordinary text is faster.
+# strings built to defeat them, such as one character or "a@" repeated, all
+# five together took about 0.2 s. That was measured with CPython 3.11 on one
+# core of the development machine, and ordinary text is faster.
 PRESETS: dict[str, str] = {
     "email": (
         r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++"
@@ -60,7 +60,7 @@ PRESETS: dict[str, str] = {
 
 @dataclass
 class Tally:
-    """What one response had redacted.
+    """The redactions made in one response.
 
     Attributes:
         counts: Matches replaced, per pattern name.

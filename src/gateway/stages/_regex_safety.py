@@ -1,8 +1,8 @@
 r"""Load-time checks that reject regular expressions which can backtrack forever.
 
 Python's ``re`` engine backtracks, so a pattern such as ``(a+)+b`` takes time
-exponential in the length of the text it fails on, and it holds the event loop
-while it runs. :func:`pattern_problem` rejects the shapes that cause
+exponential in the length of the text it fails on, and it blocks the event
+loop while it runs. :func:`pattern_problem` rejects the shapes that cause
 exponential time:
 
 - a backtracking repeat whose body contains a repeat of variable count
@@ -30,7 +30,7 @@ import re
 from typing import Any
 
 MAX_PATTERN_LENGTH = 512
-"""Longest pattern accepted, in characters."""
+"""Maximum length of a pattern, in characters."""
 
 # The parser behind re.compile. It has been re._parser since Python 3.11; the
 # old public alias sre_parse warns on import.
@@ -57,10 +57,10 @@ def pattern_problem(pattern: str) -> str | None:
     """Return why ``pattern`` is not accepted, or None when it is.
 
     A pattern is accepted when it has at most :data:`MAX_PATTERN_LENGTH`
-    characters, compiles, sets no global inline flag such as ``(?i)`` (it
-    would apply to the other patterns it is combined with; ``(?i:...)`` is
-    fine), cannot match the empty string, and passes the backtracking checks
-    of this module.
+    characters, compiles, cannot match the empty string, and passes the
+    backtracking checks of this module. It must not set a global inline flag
+    such as ``(?i)``, because the flag would apply to the other patterns it is
+    combined with; the scoped form ``(?i:...)`` is accepted.
     """
     if len(pattern) > MAX_PATTERN_LENGTH:
         return (

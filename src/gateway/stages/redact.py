@@ -56,7 +56,8 @@ class RedactConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     )
     """Whose results are redacted: ``tools/call`` and ``resources/read``."""
     max_string_chars: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
-    """Longest string scanned, in characters; a longer one is replaced whole."""
+    """Maximum length of a scanned string, in characters; a longer one is
+    replaced whole."""
 
     def __post_init__(self) -> None:
         """Check names, patterns, the replacement and the lists.
@@ -175,7 +176,7 @@ class RedactStage(BaseStage[RequestContext, GatewayResponse]):
 
     On the way back it rewrites the response to a POSTed ``tools/call`` of a
     tool that ``tools`` matches (and to ``resources/read`` when ``methods``
-    lists it): only the JSON-RPC result that answers the request changes.
+    lists it): only the JSON-RPC response to the request changes.
     Notifications such as progress, requests from the server and errors pass
     as they are. JSON bodies and event streams are both handled, streams
     event by event as they arrive. A GET stream can replay the events of an

@@ -99,4 +99,4 @@ async def test_metadata_resolver_embedded_private_host_forbidden(
     resolver = ClientMetadataResolver(MemoryStore(), allow_loopback=False)
     with pytest.raises(ClientMetadataError) as info:
         await resolver._checked_addresses(literal, 443)
-    assert info.value.error == "forbidden_address"
+    assert info.value.reason == "forbidden_address"

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.chains import plan_backend_chains
 from gateway.config import load_config_text
 from gateway.errors import ConfigError
 from gateway.facts import Principal
-from gateway.stages.rate_limit import AgentBuckets, RateLimitConfig, bucket_key
+from gateway.stages.rate_limit import (
+    AgentBuckets,
+    RateLimitConfig,
+    RateLimitStage,
+    bucket_key,
+)
 
 CONFIG = """
 server: {{public_url: "http://127.0.0.1:8000"}}
@@ -177,3 +183,30 @@ def test_rate_limit_before_identify_agent_rejected() -> None:
         'it provides; put "identify_agent" before it'
     )
     assert expected in raised.value.problems
+
+
+def test_rate_limit_unknown_agent_name_logged() -> None:
+    """An agents key that names no configured agent is logged when built."""
+    text = CONFIG.format(pipeline=CHAIN, settings="    per_minute: 1\n    burst: 1")
+    gateway_config = load_config_text(text, source="test.yaml")
+    settings = msgspec.convert(
+        {
+            "per_minute": 1,
+            "burst": 1,
+            "agents": {
+                "claud": {"per_minute": 1, "burst": 1},
+                "default": {"per_minute": 1, "burst": 1},
+            },
+        },
+        RateLimitConfig,
+    )
+
+    class Resources:
+        config = gateway_config
+
+    with capture_logs() as logs:
+        RateLimitStage(name="rate_limit", config=settings, resources=Resources())
+    warnings = [entry for entry in logs if entry["event"] == "stage.unknown_agents"]
+    assert len(warnings) == 1
+    assert warnings[0]["agents"] == ["claud"]
+    assert warnings[0]["log_level"] == "warning"
