@@ -14,6 +14,9 @@ import structlog
 
 FsyncPolicy = Literal["always", "never"]
 
+PRIVATE_MODE = 0o600
+"""Mode of the files a journal creates: entries are audit records."""
+
 EntryFactory = Callable[[bytes | None], bytes]
 """Builds an entry from the journal's newest entry (None when it has none)."""
 
@@ -95,12 +98,12 @@ class Journal:
                 self._last = self._pending[-1][1]
             else:
                 self._last = read_last_line(self.path)
-        return self.path.open("ab")
+        return _open_private(self.path, os.O_WRONLY | os.O_APPEND, "ab")
 
     def _open_offset(self) -> BinaryIO:
         # Kept open and rewritten in place by _write_offset. Not in append
         # mode, where Linux would make pwrite append.
-        fd = os.open(self._offset_path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self._offset_path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
         handle = open(fd, "r+b", buffering=0)  # noqa: SIM115 - closed in close()
         self._offset_length = os.fstat(fd).st_size
         return handle
@@ -172,10 +175,11 @@ class Journal:
         self._file.close()
         kept = b"" if self._last is None else self._last + b"\n"
         fresh = self.path.with_suffix(self.path.suffix + ".compact")
-        fresh.write_bytes(kept)
+        with _open_private(fresh, os.O_WRONLY | os.O_TRUNC, "wb") as fh:
+            fh.write(kept)
         os.replace(fresh, self.path)
         self._write_offset(len(kept))
-        self._file = self.path.open("ab")
+        self._file = _open_private(self.path, os.O_WRONLY | os.O_APPEND, "ab")
 
     def close(self) -> None:
         """Close the journal file and its offset file."""
@@ -242,3 +246,12 @@ def drop_partial_line(path: Path) -> int:
         "journal.partial_entry_dropped", path=str(path), dropped_bytes=size - valid
     )
     return valid
+
+
+def _open_private(path: Path, flags: int, mode: Literal["ab", "wb"]) -> BinaryIO:
+    """Open ``path`` for writing, creating it readable by its owner only.
+
+    An existing file keeps its mode, so an operator's choice stands.
+    """
+    fd = os.open(path, flags | os.O_CREAT, PRIVATE_MODE)
+    return open(fd, mode)
