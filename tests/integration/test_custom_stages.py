@@ -128,14 +128,14 @@ async def stack(
         yield DemoStack(gateway, config, urls, var_dir / "audit.jsonl")
 
 
-async def audit_events(stack: DemoStack, wanted: str) -> list[dict[str, Any]]:
-    """Wait until the audit file has an event of type ``wanted``; return them all."""
+async def audit_events(stack: DemoStack, event_type: str) -> list[dict[str, Any]]:
+    """Wait until the audit file has an event of ``event_type``; return them all."""
     with anyio.fail_after(10):
         while True:
             if stack.audit_path.exists():
                 lines = stack.audit_path.read_text().splitlines()
                 events = [json.loads(line) for line in lines if line]
-                if any(event["type"] == wanted for event in events):
+                if any(event["type"] == event_type for event in events):
                     return events
             await anyio.sleep(0.05)
 
@@ -145,8 +145,8 @@ def of_request(events: list[dict[str, Any]], request_id: str) -> list[str]:
 
 
 @pytest.mark.anyio
-async def test_entry_point_stage_refuses_frozen_tool(stack: DemoStack) -> None:
-    """The plug-in stage refuses a covered call before any token exchange."""
+async def test_entry_point_stage_rejects_frozen_tool(stack: DemoStack) -> None:
+    """The plug-in stage rejects a covered call before any token exchange."""
     report = await run_client(
         stack.mcp_url("partners"),
         client_name="cursor",
@@ -177,7 +177,7 @@ async def test_entry_point_stage_refuses_frozen_tool(stack: DemoStack) -> None:
 
 @pytest.mark.anyio
 async def test_temporary_module_stage_runs_in_place(stack: DemoStack) -> None:
-    """The ``module:Class`` stage sees only the facts of the stages before it."""
+    """The ``module:Class`` stage gets only the facts of the stages before it."""
     await run_client(stack.mcp_url("partners"), client_name="cursor", calls=[])
     events = await audit_events(stack, "FactsSeen")
     seen = [e for e in events if e["type"] == "FactsSeen"]

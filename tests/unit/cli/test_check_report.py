@@ -66,7 +66,7 @@ def tenant_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_check_notes_default_and_own_chains(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each backend's chain says whether it is the default or its own."""
+    """Each backend's chain is marked as the default one or its own."""
     code, out, _ = run(["check", "--config", str(write(tmp_path))], capsys)
     assert code == 0
     assert "backend employees (backends.employees.pipeline, its own chain):" in out
@@ -158,7 +158,7 @@ def test_check_audit_schema_adds_custom_events(
     assert set(published["$defs"]) <= set(schema["$defs"])
 
 
-def test_check_audit_schema_without_custom_stages_is_published_file(
+def test_check_audit_schema_builtin_only_matches_file(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Without custom stages the schema is exactly the published file."""

@@ -404,7 +404,7 @@ def test_example_package_stage_found_by_entry_point(
 def test_example_package_stage_after_exchange_rejected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The plug-in's ``before`` constraint holds in the gateway's chains."""
+    """The plug-in's ``before`` constraint applies in the gateway's chains."""
     install_example_package(tmp_path, monkeypatch)
     problems = problems_of(
         "pipeline: [audit, authenticate, identify_agent, authorize, exchange, "
