@@ -140,6 +140,20 @@ async def audit_events(stack: DemoStack, event_type: str) -> list[dict[str, Any]
             await anyio.sleep(0.05)
 
 
+async def request_completion(stack: DemoStack, request_id: str) -> dict[str, Any]:
+    """Wait for the ``ResponseCompleted`` event of one request and return it."""
+    with anyio.fail_after(10):
+        while True:
+            events = await audit_events(stack, "ResponseCompleted")
+            for event in events:
+                if (
+                    event["type"] == "ResponseCompleted"
+                    and event["request_id"] == request_id
+                ):
+                    return event
+            await anyio.sleep(0.05)
+
+
 def of_request(events: list[dict[str, Any]], request_id: str) -> list[str]:
     return [e["type"] for e in events if e["request_id"] == request_id]
 
@@ -173,6 +187,9 @@ async def test_entry_point_stage_rejects_frozen_tool(stack: DemoStack) -> None:
         "ToolCallFrozen",
     ]
     assert "TokenExchanged" not in of_request(events, frozen["request_id"])
+    completed = await request_completion(stack, frozen["request_id"])
+    assert completed["outcome"] == "denied"
+    assert completed["reason"] == "change_freeze"
 
 
 @pytest.mark.anyio

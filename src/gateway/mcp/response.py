@@ -46,6 +46,9 @@ class GatewayResponse:
         on_close: Callbacks awaited when the response is finished.
         reason: A stable reason code for audit when the gateway produced the
             response itself (``invalid_token``, ``tool_denied``, ...).
+        denied: Whether a stage refused the request by policy; the audit
+            stage then records the outcome ``denied`` whatever the status,
+            instead of ``error``.
     """
 
     status: int
@@ -56,6 +59,7 @@ class GatewayResponse:
         default_factory=list
     )
     reason: str | None = None
+    denied: bool = False
 
     @property
     def is_stream(self) -> bool:
@@ -77,10 +81,12 @@ def jsonrpc_error_response(
     reason: str,
     data: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    denied: bool = False,
 ) -> GatewayResponse:
     """Build a JSON response carrying one JSON-RPC error.
 
     ``data.reason`` is always set to ``reason`` so clients can branch on it.
+    ``denied`` marks a refusal by policy (see :attr:`GatewayResponse.denied`).
     """
     payload = {"reason": reason, **(data or {})}
     all_headers = {"content-type": "application/json"}
@@ -91,4 +97,5 @@ def jsonrpc_error_response(
         headers=all_headers,
         body=error_body(id, code, message, payload),
         reason=reason,
+        denied=denied,
     )

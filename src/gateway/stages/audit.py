@@ -52,6 +52,7 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
                 outcome.completed,
                 reason,
                 outcome.error,
+                denied=response.denied,
             )
 
         response.on_close.append(on_close)
@@ -66,11 +67,13 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
         completed: bool,
         reason: str | None,
         error: str | None,
+        *,
+        denied: bool = False,
     ) -> None:
         outcome: Outcome
         if status >= 500 or error:
             outcome = "error"
-        elif status in (401, 403) or reason in ("tool_denied", "rate_limited"):
+        elif status in (401, 403) or denied:
             outcome = "denied"
         elif reason is not None:
             outcome = "error"

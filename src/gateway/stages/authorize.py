@@ -194,6 +194,7 @@ class AuthorizeStage(BaseStage[RequestContext, GatewayResponse]):
                     f"Access denied: {detail}",
                     reason="tool_denied",
                     data={"tool": ctx.tool, "rule": rule},
+                    denied=True,
                 )
             needed = self.config.tool_scopes.get(backend, {}).get(ctx.tool, [])
             missing = [scope for scope in needed if scope not in principal.scopes]

@@ -243,4 +243,5 @@ class RateLimitStage(BaseStage[RequestContext, GatewayResponse]):
             reason="rate_limited",
             data={"retry_after": seconds},
             headers={"retry-after": str(seconds)},
+            denied=True,
         )
