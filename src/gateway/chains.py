@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from gateway.agents import DEFAULT_AGENT
 from gateway.config import GatewayConfig, NoAuth
 from gateway.context import RequestContext
 from gateway.errors import ConfigError
@@ -150,6 +151,7 @@ def plan_backend_chains(
             warnings.append(warning)
         plans[name] = BackendChainPlan(name, source, result, backend.anonymous)
     problems.extend(_unknown_policy_backends(config))
+    problems.extend(_unknown_rate_limit_agents(config))
     problems.extend(_shared_audit_settings(config))
     problems.extend(event_problems(plans.values()))
     for key in config.stages:
@@ -199,6 +201,30 @@ def _unknown_policy_backends(config: GatewayConfig) -> list[str]:
                         f"this setting would never apply; add {key!r} to its "
                         "chain or move the setting to the authorize stage it runs"
                     )
+    return problems
+
+
+_BUILT_IN_AGENTS = (DEFAULT_AGENT, "anonymous")
+"""Agent ids that exist without an ``agents`` entry."""
+
+
+def _unknown_rate_limit_agents(config: GatewayConfig) -> list[str]:
+    # A misspelt agent in a rate limit override would leave that agent on the
+    # stage's general limit without a word.
+    known = sorted({*config.agents, *_BUILT_IN_AGENTS})
+    problems: list[str] = []
+    for key, settings in config.stages.items():
+        if stage_type(key) != "rate_limit" or not isinstance(settings, dict):
+            continue
+        agents = settings.get("agents")
+        if not isinstance(agents, dict):
+            continue
+        for agent in agents:
+            if isinstance(agent, str) and agent not in known:
+                problems.append(
+                    f"stages.{key}.agents: unknown agent {agent!r}; "
+                    f"use one of: {', '.join(known)}"
+                )
     return problems
 
 

@@ -20,6 +20,8 @@ from gateway.stages.rate_limit import (
 CONFIG = """
 server: {{public_url: "http://127.0.0.1:8000"}}
 upstream: {{issuer: "http://127.0.0.1:9000", client_id: gw, client_secret: s}}
+agents:
+  cursor: {{match: {{client_name: cursor}}, backends: [partners]}}
 backends:
   partners:
     path: /partners/mcp
