@@ -173,6 +173,11 @@ class BackendClient:
                 control character (``httpx.LocalProtocolError``).
         """
         session = self._session or self._open_session()
+        if session.closed:
+            # A reload closed this pool while a client still used it, for
+            # example to resume a stream with Last-Event-ID.
+            msg = "the backend connection pool is closed"
+            raise httpx.ConnectError(msg)
         with _tracer.start_as_current_span(
             method, kind=SpanKind.CLIENT, attributes=self._span_attributes
         ) as span:

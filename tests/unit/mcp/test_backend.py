@@ -312,3 +312,14 @@ async def test_backend_client_control_character_raises_protocol_error() -> None:
         with pytest.raises(httpx.LocalProtocolError):
             await client.send("POST", {"x-injected": "a\r\nx-extra: b"}, b"{}")
     assert app.requests == []
+
+
+@pytest.mark.anyio
+async def test_backend_client_closed_pool_raises_connect_error() -> None:
+    """A request on a pool a reload closed fails as a transport error."""
+    async with client_for("/sse-pause", timeout=5.0) as (client, _app):
+        response = await client.send("POST", {}, b"{}")
+        await response.aclose()
+        await client.aclose()
+        with pytest.raises(httpx.ConnectError, match="pool is closed"):
+            await client.send("POST", {}, b"{}")
