@@ -164,8 +164,13 @@ async def open_gateway(
     await ClientRegistry(store).load_pre_registered(
         config.oauth.clients, jwks=client_jwks
     )
+    try:
+        # A custom stage's constructor may raise: that is a config error.
+        generation = build_generation(runtime, config, plans)
+    except ConfigError:
+        await http.aclose()
+        raise
     _subscribe(runtime, config)
-    generation = build_generation(runtime, config, plans)
     mirror(runtime, generation)
 
     oauth_app = Litestar(

@@ -6,7 +6,10 @@ ASGI apps, and this middleware gives each of their requests a span that
 continues the caller's W3C ``traceparent``. The gateway's HTTP clients send
 that header, so the IdP's token exchange and JWT-bearer handling and the
 backend's request land in the gateway request's trace. In the demo all of
-them run in one process and export through its one tracer provider.
+them run in one process and export through its one tracer provider, so
+:class:`ComponentSpanProcessor` copies the middleware's
+``agent_proxy.component`` to the spans started under it (the official MCP
+SDK's span per message among them).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.tracing_attributes import COMPONENT
@@ -104,3 +110,27 @@ class ServerSpanMiddleware:
                     span.set_attribute("error.type", str(status))
                     span.set_status(StatusCode.ERROR)
             span.end()
+
+
+class ComponentSpanProcessor(SpanProcessor):
+    """Give a span its parent's ``agent_proxy.component`` when it has none.
+
+    Only a parent started in this process carries attributes that can be
+    read, so the attribute never crosses an HTTP hop: the gateway's spans,
+    whose parents are remote, stay without it. ``on_start`` runs on the
+    thread that starts the span and only reads one attribute.
+    """
+
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
+        """Copy the parent's component to ``span``."""
+        if span.attributes and COMPONENT in span.attributes:
+            return
+        parent = trace.get_current_span(parent_context)
+        if not isinstance(parent, ReadableSpan):
+            return
+        component = (parent.attributes or {}).get(COMPONENT)
+        if component is not None:
+            span.set_attribute(COMPONENT, component)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Do nothing; the attribute is set at the start."""

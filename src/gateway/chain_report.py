@@ -1,9 +1,10 @@
 """The printable description of resolved chains that ``agent-proxy check`` shows.
 
 Settings are printed as JSON with secrets masked. Masked are the value of
-every key whose name suggests a credential (see :data:`SECRET_KEY`) and
-every value that the file writes as a ``${VAR}`` reference, because a value
-kept out of the file is usually kept out for a reason.
+every key whose name suggests a credential (see :data:`SECRET_KEY`), every
+value of a ``headers`` mapping (such as an audit webhook's), and every value
+that the file writes as a ``${VAR}`` reference, because a value kept out of
+the file is usually kept out for a reason.
 """
 
 from __future__ import annotations
@@ -95,10 +96,7 @@ def _mask(value: Any, raw: Any) -> Any:
     if isinstance(value, dict):
         raw_map = raw if isinstance(raw, dict) else {}
         return {
-            key: MASK
-            if SECRET_KEY.search(str(key)) and item not in (None, "", [], {})
-            else _mask(item, raw_map.get(key))
-            for key, item in value.items()
+            key: _mask_item(key, item, raw_map.get(key)) for key, item in value.items()
         }
     if isinstance(value, list):
         raw_list = raw if isinstance(raw, list) else []
@@ -107,6 +105,17 @@ def _mask(value: Any, raw: Any) -> Any:
             for i, item in enumerate(value)
         ]
     return value
+
+
+def _mask_item(key: Any, item: Any, raw: Any) -> Any:
+    if item in (None, "", [], {}):
+        return item
+    if SECRET_KEY.search(str(key)):
+        return MASK
+    if key == "headers" and isinstance(item, dict):
+        # Headers exist to carry credentials, whatever their names.
+        return dict.fromkeys(item, MASK)
+    return _mask(item, raw)
 
 
 def _names(names: Any) -> str:

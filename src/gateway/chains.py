@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,6 +23,7 @@ from gateway.facts import (
     Principal,
 )
 from gateway.mcp.response import GatewayResponse
+from gateway.redaction import default_redactor
 from gateway.stages import builtin_registry
 from pipeline import (
     BaseStage,
@@ -30,7 +32,6 @@ from pipeline import (
     ChainPlan,
     Next,
     StageRegistry,
-    build_chain,
     plan_chain,
     stage_type,
 )
@@ -150,6 +151,7 @@ def plan_backend_chains(
         if not has_audit and warning not in warnings:
             warnings.append(warning)
         plans[name] = BackendChainPlan(name, source, result, backend.anonymous)
+    problems.extend(_constructor_problems(plans.values()))
     problems.extend(_unknown_policy_backends(config))
     problems.extend(_unknown_rate_limit_agents(config))
     problems.extend(_shared_audit_settings(config))
@@ -317,10 +319,54 @@ def _union_members(union: Any) -> tuple[type[Any], ...]:
     return tuple(getattr(union, "__args__", (union,)))
 
 
+def _constructor_problems(plans: Iterable[BackendChainPlan]) -> list[str]:
+    """Report stage classes that cannot be built with name, config and resources.
+
+    Every stage is built as ``cls(name=..., config=..., resources=...)``.
+    """
+    problems: list[str] = []
+    for plan in plans:
+        for decl in plan.plan.declarations:
+            try:
+                signature = inspect.signature(decl.cls)
+            except (TypeError, ValueError):
+                continue
+            try:
+                signature.bind(name=decl.ref, config=None, resources=None)
+            except TypeError as exc:
+                problem = (
+                    f"{decl.path}: stage {decl.ref!r} cannot be built: its class "
+                    f"must accept the keyword arguments name, config and "
+                    f"resources ({exc})"
+                )
+                if problem not in problems:
+                    problems.append(problem)
+    return problems
+
+
 def instantiate(plan: BackendChainPlan, resources: Any) -> Chain[Any, Any]:
-    """Build the runnable chain of one backend."""
-    chain = build_chain(plan.plan, resources=resources)
-    if not plan.anonymous:
-        return chain
-    anonymous = AnonymousStage(name="anonymous", config=NoConfig(), resources=resources)
-    return Chain([anonymous, *chain.stages])
+    """Build the runnable chain of one backend.
+
+    Raises:
+        ConfigError: A stage's constructor raised; the problem names the
+            stage reference, the exception class and its redacted message.
+    """
+    stages: list[Any] = []
+    for decl in plan.plan.declarations:
+        try:
+            stages.append(
+                decl.cls(name=decl.ref, config=decl.settings, resources=resources)
+            )
+        except Exception as exc:
+            detail = default_redactor.scrub_text(str(exc))
+            problem = (
+                f"{decl.path}: stage {decl.ref!r} failed to start: "
+                f"{type(exc).__name__}: {detail}"
+            )
+            raise ConfigError([problem]) from exc
+    if plan.anonymous:
+        anonymous = AnonymousStage(
+            name="anonymous", config=NoConfig(), resources=resources
+        )
+        stages.insert(0, anonymous)
+    return Chain(stages)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import signal
 import sys
 from pathlib import Path
@@ -45,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         json=args.log_format == "json" if args.log_format else None,
         level="WARNING" if quiet else "INFO",
     )
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        # The reader of stdout went away (``agent-proxy check | head``): stop
+        # quietly, and keep Python from reporting the pipe again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; returns its exit code."""
     if args.command == "check":
         return run_check(args)
     if args.command == "revoke":

@@ -19,6 +19,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.config.loader import decode_config_text
 from gateway.config.okta_checks import okta_warnings, read_raw_config
 from gateway.errors import ConfigError
+from gateway.redaction import default_redactor
 
 
 def add_check_parser(commands: Any, default_config: Path) -> None:
@@ -127,7 +128,9 @@ def _print_group(title: str, lines: Sequence[str], out: TextIO) -> None:
         return
     print(f"  {title}:", file=out)
     for line in lines:
-        print(f"    {line}", file=out)
+        # An exception raised while importing a custom stage may quote a
+        # credential; the same text on reload goes through the log redactor.
+        print(f"    {default_redactor.scrub_text(line, opaque=False)}", file=out)
 
 
 def _print_warnings(chain: Sequence[str], okta: Sequence[str], out: TextIO) -> None:

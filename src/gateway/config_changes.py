@@ -126,15 +126,23 @@ def restart_required(running: GatewayConfig, new: GatewayConfig) -> list[str]:
 def keep_restart_only(running: GatewayConfig, new: GatewayConfig) -> GatewayConfig:
     """Return ``new`` with every restart-only setting as ``running`` has it.
 
-    The audit sink settings are left as ``new`` has them: only the sinks read
-    them, and the sinks keep running as they started. An agent that is new
-    gets no upstream client of its own until a restart.
+    The audit settings (sinks and journals) are kept as ``running`` has
+    them, under the key that ``new`` puts them: the sinks keep running as
+    they started, and a change to them alone leaves every chain as it is. An
+    agent that is new gets no upstream client of its own until a restart.
     """
     running_tree = msgspec.to_builtins(running)
     new_tree = msgspec.to_builtins(new)
     for pattern in RESTART_ONLY:
         for parts in _expand(pattern.split("."), new_tree):
             _set(new_tree, parts, _running_value(running_tree, parts))
+    running_key = audit_settings_key(running)
+    new_key = audit_settings_key(new)
+    if new_key is None and running_key in _chain_refs(new):
+        new_key = running_key
+    if new_key is not None and audit_config(running) != audit_config(new):
+        settings = running_tree["stages"].get(running_key) if running_key else None
+        new_tree["stages"][new_key] = settings or {}
     return msgspec.convert(new_tree, GatewayConfig)
 
 
@@ -175,6 +183,14 @@ def compare_configs(
         changed=changed_paths(msgspec.to_builtins(old), msgspec.to_builtins(new)),
         restart_required=list(restart_required),
     )
+
+
+def _chain_refs(config: GatewayConfig) -> set[str]:
+    """Return every stage reference that some chain of ``config`` uses."""
+    refs = set(config.pipeline)
+    for backend in config.backends.values():
+        refs.update(backend.pipeline or ())
+    return refs
 
 
 def _expand(parts: list[str], tree: Any) -> list[list[str]]:

@@ -19,6 +19,7 @@ import yaml
 from gateway.chains import plan_backend_chains
 from gateway.config import GatewayConfig, load_config_text
 from gateway.config.loader import decode_config_text
+from gateway.config.yaml_safety import parse_yaml, size_problem
 from gateway.errors import ConfigError
 from gateway.oauth.pre_registered import read_client_jwks
 from gateway.oauth.ratelimit import OAuthRateLimiter
@@ -61,9 +62,15 @@ class ConfigSource:
         first, even when the file is then rejected, so that no error message
         in a log line or event shows them.
 
+        It parses and checks synchronously, so a caller on the event loop
+        runs it in a worker thread.
+
         Raises:
             ConfigError: Listing every problem found.
         """
+        problem = size_problem(str(self.path), len(data))
+        if problem is not None:
+            raise ConfigError([problem])
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -125,7 +132,7 @@ def _start_up_problems(config: GatewayConfig) -> list[str]:
 def _raw_mapping(text: str) -> dict[str, Any] | None:
     """Return the file's YAML mapping before interpolation, or None."""
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except (yaml.YAMLError, RecursionError):
         return None
     return raw if isinstance(raw, dict) else None

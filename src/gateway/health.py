@@ -11,6 +11,10 @@ the checks rather than one per probe. Checks of the default set
   can be fetched now.
 - ``upstream_jwks``: the IdP's key set is cached with at least one key, or
   can be fetched now.
+- ``audit_journal:<subscriber>``: the audit sink's journal has space. A
+  full journal holds ``journal_max_pending`` undelivered events and makes
+  every request that publishes an event wait. The check then fails with
+  reason ``audit_journal_full`` until the sink catches up.
 - ``backend:<name>``: the backend's MCP URL answers an HTTP ``HEAD`` with any
   status. A backend that requires a token answers 401 and counts as
   reachable; only a connection failure or a timeout fails the check.
@@ -176,9 +180,21 @@ def gateway_checks(runtime: Runtime, http: httpx.AsyncClient) -> dict[str, Check
     checks: dict[str, Check] = {"config": _config_check(runtime)}
     checks["upstream_metadata"] = _metadata_check(runtime)
     checks["upstream_jwks"] = _jwks_check(runtime)
+    for subscriber in runtime.bus.pending():
+        checks[f"audit_journal:{subscriber}"] = _journal_check(runtime, subscriber)
     for name, backend in sorted(runtime.backends.items()):
         checks[f"backend:{name}"] = _backend_check(http, backend.config.url)
     return checks
+
+
+def _journal_check(runtime: Runtime, subscriber: str) -> Check:
+    async def check() -> Mapping[str, Any]:
+        if subscriber in runtime.bus.full_journals():
+            msg = f"the journal of {subscriber} is full"
+            raise AuditJournalFullError(msg)
+        return {"pending": runtime.bus.pending().get(subscriber, 0)}
+
+    return check
 
 
 def _config_check(runtime: Runtime) -> Check:
@@ -221,3 +237,9 @@ class NoSigningKeysError(Exception):
     """The IdP publishes no key the gateway can verify ID tokens with."""
 
     reason = "idp_no_keys"
+
+
+class AuditJournalFullError(Exception):
+    """A durable audit sink's journal is full, so publishing events waits."""
+
+    reason = "audit_journal_full"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO, cast
+from typing import Any, Protocol, TextIO, cast, runtime_checkable
 
 import structlog
 from opentelemetry import trace
@@ -24,6 +24,26 @@ NOISY_LOGGERS = ("httpx", "httpx2", "mcp", "uvicorn.access")
 """Libraries that log each HTTP request at INFO, with full URLs that can carry
 authorization codes. They are set to WARNING, because the gateway logs its own
 canonical line per request."""
+
+
+UNTRUSTED_INPUT_LOGGERS = (
+    "opentelemetry.trace.span",
+    "opentelemetry.trace.propagation.tracecontext",
+    "opentelemetry.baggage.propagation",
+)
+"""OpenTelemetry loggers that warn about each malformed ``traceparent``,
+``tracestate`` or ``baggage`` value a client sends: up to 32 lines per
+request, some quoting the whole header. The gateway drops such values and
+starts a new trace, so these loggers are set to ERROR."""
+
+
+@runtime_checkable
+class DeferredSpan(Protocol):
+    """A span that starts on first use, such as the MCP endpoint's SERVER span."""
+
+    @property
+    def started_span(self) -> trace.Span | None:
+        """The span once it has started; reading it must not start it."""
 
 
 class _CurrentStderr:
@@ -51,10 +71,17 @@ def add_trace_context(
 
     Ids already in the record are kept, so a line logged for an event
     carries the event's ids rather than those of the task that logs it.
+    A :class:`DeferredSpan` that has not started adds no ids and is not
+    started here, because starting it parses the request's trace context,
+    which can log and so call this processor again.
     """
     if "trace_id" in event_dict:
         return event_dict
-    context = trace.get_current_span().get_span_context()
+    current = trace.get_current_span()
+    span = current.started_span if isinstance(current, DeferredSpan) else current
+    if span is None:
+        return event_dict
+    context = span.get_span_context()
     if context.is_valid:
         event_dict["trace_id"] = f"{context.trace_id:032x}"
         event_dict["span_id"] = f"{context.span_id:016x}"
@@ -97,6 +124,8 @@ def configure_logging(
     numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, numeric_level))
+    for untrusted in UNTRUSTED_INPUT_LOGGERS:
+        logging.getLogger(untrusted).setLevel(max(logging.ERROR, numeric_level))
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json

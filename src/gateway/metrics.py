@@ -47,10 +47,13 @@ Instruments (Prometheus names in brackets):
   ``agent_proxy.audit.delivery.failures`` observable counters, per sink.
 
 Values that clients choose (MCP method, tool, protocol version) are kept as
-attributes only for known methods and for the first
+attributes only for known methods and versions and for the first
 :data:`MAX_DISTINCT_VALUES` distinct values of each attribute; the rest are
 recorded as ``_OTHER``, so a client cannot grow the number of series without
-bound.
+bound. Only an authenticated request (an event with a ``user``) can take
+one of those slots. An unauthenticated or rejected request records an
+unknown method, tool or version as ``_OTHER``, so anonymous clients cannot
+use up the slots that real tools need.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from gateway.events import (
     ResponseCompleted,
     TokenExchanged,
 )
+from gateway.mcp.eras import SUPPORTED_VERSIONS
 from gateway.tracing_attributes import AGENT_ID, BACKEND, EXCHANGE_CACHE
 from pipeline import Event, EventBus
 
@@ -138,10 +142,14 @@ class _BoundedValues:
         self._seen: set[str] = set()
         self._limit = limit
 
-    def admit(self, value: str) -> str:
+    def admit(self, value: str, *, new_allowed: bool = True) -> str:
+        """Return ``value`` if known or admitted now, else ``_OTHER``.
+
+        With ``new_allowed`` False, a value not already known is not admitted.
+        """
         if value in self._always or value in self._seen:
             return value
-        if len(self._seen) >= self._limit:
+        if not new_allowed or len(self._seen) >= self._limit:
             return OTHER
         self._seen.add(value)
         return value
@@ -208,7 +216,7 @@ class GatewayMetrics:
         self._sessions_at = 0.0
         self._methods = _BoundedValues(MAX_DISTINCT_VALUES, KNOWN_METHODS)
         self._tools = _BoundedValues(MAX_DISTINCT_VALUES)
-        self._versions = _BoundedValues(MAX_DISTINCT_VALUES)
+        self._versions = _BoundedValues(MAX_DISTINCT_VALUES, SUPPORTED_VERSIONS)
         self._errors = _BoundedValues(MAX_DISTINCT_VALUES)
         meter = self.provider.get_meter("gateway")
         self.operation_duration = meter.create_histogram(
@@ -396,11 +404,14 @@ class GatewayMetrics:
             return self._errors.admit(reason[:64])
         return str(status) if status is not None else OTHER
 
-    def _method(self, method: str | None) -> str:
-        return self._methods.admit(method) if method else OTHER
+    def _method(self, method: str | None, authenticated: bool) -> str:
+        if not method:
+            return OTHER
+        return self._methods.admit(method, new_allowed=authenticated)
 
     def _record_response(self, event: ResponseCompleted) -> None:
-        method = self._method(event.method)
+        authenticated = event.user is not None
+        method = self._method(event.method, authenticated)
         agent = event.agent.id if event.agent else ""
         backend = event.backend or ""
         failed = event.outcome != "success"
@@ -423,9 +434,13 @@ class GatewayMetrics:
             AGENT_ID: agent,
         }
         if event.tool and event.method == "tools/call":
-            timed["gen_ai.tool.name"] = self._tools.admit(event.tool)
+            timed["gen_ai.tool.name"] = self._tools.admit(
+                event.tool, new_allowed=authenticated
+            )
         if event.protocol_version:
-            timed["mcp.protocol.version"] = self._versions.admit(event.protocol_version)
+            timed["mcp.protocol.version"] = self._versions.admit(
+                event.protocol_version, new_allowed=authenticated
+            )
         if error_type is not None:
             timed["error.type"] = error_type
         self.operation_duration.record(event.duration_ms / 1000.0, timed)
@@ -434,7 +449,7 @@ class GatewayMetrics:
         self._requests.add(
             (
                 (BACKEND, event.backend or ""),
-                ("mcp.method.name", self._method(event.method)),
+                ("mcp.method.name", self._method(event.method, False)),
                 (AGENT_ID, ""),
                 ("agent_proxy.outcome", event.outcome),
                 ("http.response.status_code", event.status),

@@ -23,7 +23,9 @@ shorter than 40 characters in free text is only caught by the other rules.
 Identifiers that the gateway logs on purpose (32-character client and grant
 ids, 32-digit hex request and trace ids) are shorter or lack upper case, so
 they pass, and the rule spares the value of a key that names an identifier
-(``kid``, ``jti``, ``*_id``, ``*_hash``).
+(``kid``, ``jti``, ``*_id``, ``*_hash``) and, in free text, a string right
+after the word ``kid``, ``jti`` or ``thumbprint`` (as in "no trusted key has
+the kid 'AbC…'").
 """
 
 from __future__ import annotations
@@ -163,6 +165,11 @@ _SKIPPED_KEYS = frozenset(
     {"timestamp", "level", "logger", "_record", "_from_structlog"}
 )
 _OPAQUE = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{40,}(?![A-Za-z0-9_-])")
+# The end of the text before an opaque string that names it as an identifier:
+# "kid 'x'", "kid=x", "kid: x", '"kid": "x"'.
+_IDENTIFIER_BEFORE = re.compile(
+    r"\b(?:kid|jti|thumbprint)[\"']?\s*[:=]?\s*[\"']?$", re.IGNORECASE
+)
 
 
 def _redact_key_value(match: re.Match[str]) -> str:
@@ -182,6 +189,9 @@ def _redact_quoted_member(match: re.Match[str]) -> str:
 
 def _redact_opaque(match: re.Match[str]) -> str:
     text = match.group(0)
+    before = match.string[max(0, match.start() - 16) : match.start()]
+    if _IDENTIFIER_BEFORE.search(before):
+        return text
     mixed = (
         any(c.isupper() for c in text)
         and any(c.islower() for c in text)

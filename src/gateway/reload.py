@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from gateway.app import Gateway
-from gateway.chains import plan_backend_chains
+from gateway.chains import BackendChainPlan, plan_backend_chains
 from gateway.config import GatewayConfig
 from gateway.config.okta_checks import okta_warnings
+from gateway.config.yaml_safety import size_problem
 from gateway.config_changes import (
     compare_configs,
     keep_restart_only,
@@ -61,6 +63,18 @@ _STAGE = "reload"
 
 FileState = tuple[int, int, int] | None
 """A file's modification time (ns), size and inode; None when it is missing."""
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A reloaded config that passed every check, its chains planned."""
+
+    written: GatewayConfig
+    effective: GatewayConfig
+    plans: dict[str, BackendChainPlan]
+    warnings: list[str]
+    restart_required: list[str]
+    raw: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -170,8 +184,13 @@ class ConfigReloader:
             await self._apply("file_change", data)
 
     async def _read(self, trigger: ReloadTrigger) -> bytes | None:
+        path = anyio.Path(self._source.path)
         try:
-            return await anyio.Path(self._source.path).read_bytes()
+            problem = size_problem(str(self._source.path), (await path.stat()).st_size)
+            if problem is not None:
+                await self._reject(trigger, None, [problem])
+                return None
+            return await path.read_bytes()
         except OSError as exc:
             problem = (
                 f"{self._source.path}: cannot read config file: {exc.strerror or exc}"
@@ -183,7 +202,10 @@ class ConfigReloader:
         sha256 = _digest(data)
         self._attempted = sha256
         try:
-            candidate = self._prepare(data)
+            # Parsing and checking a file can take a while: the worker thread
+            # leaves the event loop serving requests meanwhile.
+            checked = await anyio.to_thread.run_sync(self._check, data)
+            candidate = self._build(checked)
         except ConfigError as exc:
             await self._reject(trigger, sha256, exc.problems)
             return False
@@ -200,12 +222,27 @@ class ConfigReloader:
         await self._install(trigger, sha256, candidate)
         return True
 
-    def _prepare(self, data: bytes) -> _Candidate:
-        """Check a file and build its runtime; raises ConfigError with every problem."""
+    def _check(self, data: bytes) -> _Checked:
+        """Check a file and plan its chains; raises ConfigError with every problem.
+
+        Runs in a worker thread: it only parses, validates and plans, and
+        builds no stage.
+        """
         written, raw = self._source.load(data)
         effective = keep_restart_only(self._started, written)
         plans, warnings = plan_backend_chains(effective)
-        chains = {name: chain_signature(plan) for name, plan in plans.items()}
+        return _Checked(
+            written=written,
+            effective=effective,
+            plans=plans,
+            warnings=warnings,
+            restart_required=restart_required(self._started, written),
+            raw=raw,
+        )
+
+    def _build(self, checked: _Checked) -> _Candidate:
+        """Build the runtime of a checked file, on the event loop."""
+        chains = {name: chain_signature(plan) for name, plan in checked.plans.items()}
         unchanged = [
             name
             for name, signature in chains.items()
@@ -213,18 +250,18 @@ class ConfigReloader:
         ]
         generation = build_generation(
             self._gateway.base,
-            effective,
-            plans,
+            checked.effective,
+            checked.plans,
             previous=self._gateway.runtime,
             keep_chains=unchanged,
         )
         return _Candidate(
-            written=written,
+            written=checked.written,
             generation=generation,
             chains=chains,
-            warnings=warnings,
-            restart_required=restart_required(self._started, written),
-            raw=raw,
+            warnings=checked.warnings,
+            restart_required=checked.restart_required,
+            raw=checked.raw,
         )
 
     async def _install(

@@ -46,9 +46,14 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from gateway import __version__
+from gateway.asgi_tracing import ComponentSpanProcessor
 from gateway.config.model import TelemetryConfig
+from gateway.span_redaction import RedactingSpanExporter
 
 log = structlog.get_logger("gateway.telemetry")
+
+SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
+"""The variable by which OpenTelemetry instrumentations pick attribute names."""
 
 TRACES_PATH = "/v1/traces"
 """The OTLP/HTTP path of traces, added to a base endpoint."""
@@ -151,6 +156,7 @@ def build_tracer_provider(
         # Nothing would receive the spans, so none are recorded.
         sampler = ALWAYS_OFF
     provider = TracerProvider(resource=build_resource(config), sampler=sampler)
+    provider.add_span_processor(ComponentSpanProcessor())
     if endpoint is not None:
         protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
             "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
@@ -172,7 +178,8 @@ def build_tracer_provider(
         # The exporter reads the variables itself; an explicit endpoint
         # would win over them.
         exporter = OTLPSpanExporter(endpoint=None if from_env else endpoint)
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        # Exception messages and status descriptions can quote credentials.
+        provider.add_span_processor(BatchSpanProcessor(RedactingSpanExporter(exporter)))
     return provider
 
 
@@ -218,9 +225,16 @@ def instrument_http_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
     this call. Request and response headers are not recorded unless the
     ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` variables ask for them.
 
+    The spans carry the stable HTTP attribute names (``url.full``,
+    ``server.address``, ``http.response.status_code``), like the gateway's
+    own spans: ``OTEL_SEMCONV_STABILITY_OPT_IN`` is set to ``http`` unless
+    the operator set it. The instrumentation (0.66b2) reads the variable once
+    per process, at its first use, so a value set after that has no effect.
+
     Returns:
         The same client.
     """
+    os.environ.setdefault(SEMCONV_OPT_IN, "http")
     HTTPXClientInstrumentor.instrument_client(client)
     return client
 

@@ -10,6 +10,7 @@ from pipeline.chain import Chain, ChainPlan, StageDeclaration, build_chain, plan
 from pipeline.context import Context, MissingFactError
 from pipeline.errors import ChainConfigError, PipelineError, TerminalStageError
 from pipeline.events import Event, event_union, new_event_id, utc_now
+from pipeline.intent import IntentLog
 from pipeline.journal import Journal
 from pipeline.registry import (
     StageLookupError,
@@ -30,6 +31,7 @@ __all__ = [
     "Context",
     "Event",
     "EventBus",
+    "IntentLog",
     "Journal",
     "MissingFactError",
     "Next",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import random
@@ -11,12 +10,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from pipeline.events import Event
+from pipeline.intent import IntentLog
 from pipeline.journal import Journal
 
 log = structlog.get_logger("pipeline.bus")
@@ -110,6 +111,8 @@ class EventBus:
         self._durable: list[_Durable] = []
         self._encoder = msgspec.json.Encoder()
         self._task_group: TaskGroup | None = None
+        self._intent: IntentLog | None = None
+        self._last_turn: anyio.Event | None = None
 
     def subscribe(
         self,
@@ -196,6 +199,15 @@ class EventBus:
         """Publish one event to every subscriber.
 
         Returns once every durable subscriber has the event in its journal.
+        Events reach each journal in the order :meth:`publish` was called:
+        while a journal is full, publishers wait in line, and the first one
+        appends once every journal has space again.
+
+        The wait and the appends are shielded from cancellation, so a
+        publisher whose request was cancelled (its client left) still
+        journals the event, for every durable subscriber, and the
+        cancellation takes effect after. On shutdown, :meth:`aclose` lets
+        waiting publishers append past the journals' bound.
         """
         for sub in self._best_effort:
             if sub.accepts is not None and not isinstance(event, sub.accepts):
@@ -208,15 +220,83 @@ class EventBus:
                     log.warning(
                         "bus.events_dropped", subscriber=sub.name, dropped=sub.dropped
                     )
+        if not self._durable:
+            return
+        previous = self._last_turn
+        if previous is None and not any(d.journal.full for d in self._durable):
+            # No publisher waits and every journal has space, so the event
+            # is appended without a checkpoint, which keeps this case cheap.
+            self._append_everywhere(event)
+            return
+        turn = anyio.Event()
+        self._last_turn = turn
+        with anyio.CancelScope(shield=True):
+            try:
+                if previous is not None:
+                    await previous.wait()
+                # Only the publisher whose turn it is appends, and deliveries
+                # only free space, so a journal that has space keeps it while
+                # the others are waited for.
+                for durable in self._durable:
+                    await durable.journal.wait_for_space()
+                self._append_everywhere(event)
+            finally:
+                turn.set()
+                if self._last_turn is turn:
+                    self._last_turn = None
+        # A cancellation that arrived during the wait takes effect now.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    def _append_everywhere(self, event: Event) -> None:
+        """Append ``event`` to every durable journal, with no await in between.
+
+        Every entry is encoded before the first write, and the set is
+        recorded in the intent log (when attached) before any journal is
+        appended, so that a crash in between is repaired on restart.
+        """
         plain: bytes | None = None
+        entries: list[bytes] = []
         for durable in self._durable:
-            encode = durable.encode
-            if encode is None:
-                if plain is None:
-                    plain = self._encoder.encode(event)
-                await durable.journal.append(plain)
-            else:
-                await durable.journal.append(functools.partial(encode, event))
+            if durable.encode is not None:
+                entries.append(durable.encode(event, durable.journal.last_entry))
+                continue
+            if plain is None:
+                plain = self._encoder.encode(event)
+            entries.append(plain)
+        if self._intent is not None:
+            self._intent.write(
+                [
+                    (d.name, entry)
+                    for d, entry in zip(self._durable, entries, strict=True)
+                ]
+            )
+        for durable, entry in zip(self._durable, entries, strict=True):
+            durable.journal.append_nowait(entry)
+
+    def attach_intent_log(self, intent: IntentLog) -> int:
+        """Repair the journals from ``intent``, then record each append set in it.
+
+        Call after subscribing the durable subscribers and before
+        publishing. The log's newest record is the last event the bus began
+        to append before it stopped. A durable subscriber named in the
+        record whose journal does not end with its entry lost it to a crash
+        between two appends, so the entry is appended now. Entries of
+        subscribers no longer subscribed are ignored.
+
+        Returns:
+            The number of entries appended by the repair.
+        """
+        by_name = {durable.name: durable for durable in self._durable}
+        repaired = 0
+        for name, entry in intent.read():
+            durable = by_name.get(name)
+            if durable is None or durable.journal.last_entry == entry:
+                continue
+            durable.journal.append_nowait(entry)
+            repaired += 1
+            log.warning("bus.journal_repaired", subscriber=name, entries=1)
+        self._intent = intent
+        return repaired
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Return per-subscriber counters: drops, pending entries, failures."""
@@ -228,11 +308,19 @@ class EventBus:
                 "kind": "durable",
                 "pending": durable.journal.pending,
                 "max_pending": durable.journal.max_pending,
+                "full": durable.journal.full,
                 "delivered": durable.delivered,
                 "failures": durable.failures,
                 "last_error": durable.last_error,
             }
         return out
+
+    def full_journals(self) -> list[str]:
+        """Return the durable subscribers whose journal is full, by name.
+
+        While any is listed, :meth:`publish` waits (back-pressure).
+        """
+        return [durable.name for durable in self._durable if durable.journal.full]
 
     def dropped(self) -> dict[str, int]:
         """Return the events each best-effort subscriber dropped, by name.
@@ -258,13 +346,25 @@ class EventBus:
                 await anyio.sleep(0.01)
 
     async def aclose(self, timeout: float = 5.0) -> None:
-        """Deliver what can be delivered within ``timeout``, then stop."""
+        """Deliver what can be delivered within ``timeout``, then stop.
+
+        Publishers still waiting for journal space append past the bound
+        before the journals close, so their events are delivered after the
+        restart.
+        """
         await self.drain(timeout)
+        for durable in self._durable:
+            durable.journal.lift_bound()
+        last_turn = self._last_turn
+        if last_turn is not None:
+            await last_turn.wait()
         for sub in self._best_effort:
             await sub.send.aclose()
         for durable in self._durable:
             durable.journal.close()
             await _close_sink(durable.sink)
+        if self._intent is not None:
+            self._intent.close()
 
     async def _run_best_effort(self, sub: _BestEffort) -> None:
         async with sub.receive:

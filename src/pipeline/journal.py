@@ -60,6 +60,7 @@ class Journal:
         self._changed = anyio.Event()
         self._space = anyio.Event()
         self._stale_offset: int | None = None
+        self._unbounded = False
         self._file = self._open()
         self._offset_file = self._open_offset()
         if self._stale_offset is not None:
@@ -123,6 +124,30 @@ class Journal:
         os.pwrite(fd, data, 0)
         self._offset_length = len(data)
 
+    @property
+    def full(self) -> bool:
+        """Whether an append would wait: ``max_pending`` entries are pending."""
+        return len(self._pending) >= self.max_pending and not self._unbounded
+
+    async def wait_for_space(self) -> None:
+        """Wait until an entry can be appended without exceeding ``max_pending``.
+
+        Returns at once when the journal has space or :meth:`lift_bound` was
+        called.
+        """
+        while self.full:
+            self._space = anyio.Event() if self._space.is_set() else self._space
+            await self._space.wait()
+
+    def lift_bound(self) -> None:
+        """Let appends exceed ``max_pending`` from now on, and wake the waiters.
+
+        Used on shutdown, so that events still waiting for space are
+        journaled, to be delivered after the restart, instead of lost.
+        """
+        self._unbounded = True
+        self._space.set()
+
     async def append(self, data: bytes | EntryFactory) -> None:
         """Write one entry; wait while the journal is full.
 
@@ -132,10 +157,16 @@ class Journal:
                 wait for space and before the next entry is appended, so
                 concurrent appends each see their true predecessor.
         """
-        while len(self._pending) >= self.max_pending:
-            self._space = anyio.Event() if self._space.is_set() else self._space
-            await self._space.wait()
-        entry = data if isinstance(data, bytes) else data(self._last)
+        await self.wait_for_space()
+        self.append_nowait(data if isinstance(data, bytes) else data(self._last))
+
+    def append_nowait(self, entry: bytes) -> None:
+        """Write one entry now, even when the journal is full.
+
+        The caller enforces the bound, as :class:`~pipeline.bus.EventBus`
+        does with :meth:`wait_for_space`. With fsync ``always`` the entry is
+        on disk when this returns.
+        """
         self._file.write(entry + b"\n")
         self._file.flush()
         if self.fsync == "always":

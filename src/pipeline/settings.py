@@ -9,6 +9,7 @@ from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 import msgspec
 
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+_INVALID_VALUE = re.compile(r"^Invalid (?:enum )?value\b.*", re.DOTALL)
 
 
 def decode_settings(raw: Any, config_type: type[Any], path: str) -> tuple[Any, str]:
@@ -70,7 +71,17 @@ def locate_error(
                     return locate_error(
                         inner, value, value_type, f"{path}{before}.{key}"
                     )
-    return f"{path}{relative}: {head}"
+    return f"{path}{relative}: {value_free(head)}"
+
+
+def value_free(message: str) -> str:
+    """Return a msgspec validation message without the value it quotes.
+
+    msgspec quotes the value of a failed enum or tag check (``Invalid enum
+    value 'x'``); that becomes ``Invalid value``. Other messages name types
+    and bounds only, and are returned as they are.
+    """
+    return _INVALID_VALUE.sub("Invalid value", message)
 
 
 def _unknown_keys(raw: Any, config_type: type[Any]) -> list[str]:

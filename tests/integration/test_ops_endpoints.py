@@ -83,6 +83,7 @@ async def test_ops_readyz_lists_failed_checks(tmp_path: Path) -> None:
         "config",
         "upstream_metadata",
         "upstream_jwks",
+        "audit_journal:audit.jsonl.0",
         "backend:employees",
         "backend:partners",
     }
@@ -112,6 +113,7 @@ async def test_ops_readyz_without_backend_checks(tmp_path: Path) -> None:
         "config",
         "upstream_metadata",
         "upstream_jwks",
+        "audit_journal:audit.jsonl.0",
     }
 
 

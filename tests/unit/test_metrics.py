@@ -25,12 +25,14 @@ from gateway.events import (
     RequestRejected,
     ResponseCompleted,
     TokenExchanged,
+    UserRef,
 )
 from gateway.metrics import MAX_DISTINCT_VALUES, OTHER, GatewayMetrics
 from gateway.metrics_setup import build_gateway_metrics, metrics_endpoint
 from pipeline import EventBus, Journal
 
 CURSOR = AgentRef(id="cursor", verified=False, trust="self-asserted")
+ALICE = UserRef(iss="https://idp.example", sub="alice")
 
 
 def build(bus: EventBus | None = None, sessions: int | None = None) -> Any:
@@ -66,6 +68,7 @@ def completed(**changes: Any) -> ResponseCompleted:
         "method": "tools/call",
         "tool": "list_employees",
         "agent": CURSOR,
+        "user": ALICE,
         "protocol_version": "2025-11-25",
         "status": 200,
         "duration_ms": 12.5,

@@ -108,7 +108,9 @@ async def test_reload_failing_stage_constructor_rejected(tmp_path: Path) -> None
         assert state.gateway.runtime is first
 
     (error,) = rejected.errors
-    assert error.startswith("building the new chains failed: RuntimeError: boom")
+    assert error == (
+        f"pipeline[0]: stage {EXPLODING!r} failed to start: RuntimeError: boom"
+    )
     assert rejected.outcome == "error"
     assert rejected.reason == "invalid_config"
     assert rejected.current_config_sha256 is not None

@@ -33,9 +33,20 @@ def add_audit_commands(commands: Any) -> None:
         help="check the hash chain of audit JSON-lines files",
         description="Check that the files form one unbroken hash chain. A file "
         "with rotated backups (FILE.1, FILE.2, ...) is checked together with "
-        "them, oldest first. Exits 1 at the first break, naming its line.",
+        "them, oldest first. Exits 1 at the first break, naming its line. "
+        "The chain shows changed, removed and inserted records, but not "
+        "records cut from the end: compare the printed chain head with a "
+        "copy kept elsewhere for that.",
     )
     verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify.add_argument(
+        "--allow-missing-start",
+        action="store_true",
+        help="accept a stream whose first file has no backups and whose first "
+        "record follows a record not in the files (the file was started after "
+        "an outside tool moved the previous one away); without it this exits 1, "
+        "because lines cut from the start of a file look the same",
+    )
 
     tail = actions.add_parser(
         "tail",
@@ -87,7 +98,7 @@ def add_audit_commands(commands: Any) -> None:
 def run_audit(args: argparse.Namespace) -> int:
     """Run the ``audit`` command chosen in ``args``; return the exit code."""
     if args.audit_command == "verify":
-        return verify_command(args.files)
+        return verify_command(args.files, allow_missing_start=args.allow_missing_start)
     if args.audit_command == "tail":
         path = args.file or _configured_file(args.config)
         if path is None:
@@ -109,11 +120,18 @@ def run_audit(args: argparse.Namespace) -> int:
     return 2
 
 
-def verify_command(paths: list[Path]) -> int:
+def verify_command(paths: list[Path], *, allow_missing_start: bool = False) -> int:
     """Check the chain of ``paths`` and print the result; return the exit code.
 
-    Exit codes: 0 when the chain holds, 1 at a break, 2 when a file cannot
-    be read.
+    A stream that starts with a rotated backup may begin after a record of a
+    deleted older backup. A stream that starts with a file given by name
+    (one never rotated) must begin with the first record of the chain,
+    whose ``prev_hash`` is null: otherwise lines were cut from its start,
+    or an outside tool moved the previous file away, which
+    ``allow_missing_start`` accepts.
+
+    Exit codes: 0 when the chain holds, 1 at a break or a missing start, 2
+    when a file cannot be read.
     """
     files = expand(paths)
     try:
@@ -129,6 +147,15 @@ def verify_command(paths: list[Path]) -> int:
         print(f"{report.problem}", file=sys.stderr)
         print(
             f"chain broken after {report.records} intact records in {names}",
+            file=sys.stderr,
+        )
+        return 1
+    if report.anchor is not None and files[0] in paths and not allow_missing_start:
+        print(
+            f"{files[0]}:1: the first record follows sha256:{report.anchor}, "
+            "which is in none of the files and no older backup exists: lines "
+            "were cut from the start of the file, or the file before it was "
+            "moved away (pass --allow-missing-start to accept that)",
             file=sys.stderr,
         )
         return 1

@@ -17,7 +17,7 @@ from gateway.audit.config import (
 from gateway.audit.otlp import OtlpSink
 from gateway.audit.sinks import JsonlSink, StdoutSink
 from gateway.audit.webhook import WebhookSink
-from pipeline import EventBus, Journal, Sink
+from pipeline import EventBus, IntentLog, Journal, Sink
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,10 @@ def subscribe_audit_sinks(
 
     Each sink gets its own journal, ``<journal_dir>/<name>.journal``, and its
     own hash chain, which goes on from the journal's newest record across
-    restarts.
+    restarts. The bus records each event's set of appends in
+    ``<journal_dir>/audit.intent`` first, and a journal that lacks the
+    newest entry of that set, because the process stopped between two
+    appends, gets it here.
 
     Returns:
         The subscriber names, in configuration order.
@@ -116,4 +119,7 @@ def subscribe_audit_sinks(
             retry_max=plan.retry_max,
         )
         names.append(plan.name)
+    if names:
+        intent = IntentLog(journal_dir / "audit.intent", fsync=settings.journal_fsync)
+        bus.attach_intent_log(intent)
     return names

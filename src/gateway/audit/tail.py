@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -62,7 +63,13 @@ def decode(line: bytes) -> dict[str, Any] | None:
 
 
 def format_text(event: dict[str, Any]) -> str:
-    """Return one line for people: time, type, outcome and the known fields."""
+    """Return one line for people: time, type, outcome and the known fields.
+
+    Every value is passed through :func:`escape_text`, so a value a client
+    chose (a method or tool name) cannot move the cursor, rewrite the line or
+    send terminal commands. A value with a space, a double quote or an equals
+    sign is printed in double quotes, so it cannot look like another field.
+    """
     user = event.get("user") or {}
     agent = event.get("agent") or {}
     fields = {
@@ -75,9 +82,52 @@ def format_text(event: dict[str, Any]) -> str:
         "request": event.get("request_id"),
         "trace": event.get("trace_id"),
     }
-    known = " ".join(f"{key}={value}" for key, value in fields.items() if value)
-    head = f"{event.get('time', '-')} {event.get('type', '-'):<22} "
-    return head + f"{event.get('outcome', '-'):<7} {known}".rstrip()
+    known = " ".join(
+        f"{key}={_field_value(value)}" for key, value in fields.items() if value
+    )
+    time = escape_text(event.get("time", "-"))
+    kind = escape_text(event.get("type", "-"))
+    outcome = escape_text(event.get("outcome", "-"))
+    return f"{time} {kind:<22} {outcome:<7} {known}".rstrip()
+
+
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories escaped in text output: control (C0, C1 and DEL),
+format (bidirectional overrides, zero-width characters), surrogates, and
+the line and paragraph separators."""
+
+
+def escape_text(value: object) -> str:
+    r"""Return ``value`` as text with no character a terminal acts on.
+
+    Control, format and line-separator characters become ``\xNN``,
+    ``\uNNNN`` or ``\UNNNNNNNN`` escapes, and a backslash becomes two, so an
+    escape in the output always stands for one character of the value.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable() and "\\" not in text:
+        return text
+    out: list[str] = []
+    for char in text:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(char) not in _UNPRINTABLE:
+            out.append(char)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def _field_value(value: object) -> str:
+    text = escape_text(value)
+    if any(char in text for char in ' "='):
+        return '"' + text.replace('"', '\\"') + '"'
+    return text
 
 
 def last_lines(path: Path, count: int, keep: EventFilter) -> tuple[list[bytes], int]:
@@ -113,14 +163,21 @@ def follow_lines(
 ) -> Iterator[bytes]:
     """Yield each complete line appended to ``path`` from byte ``start`` on.
 
-    Follows the file across rotation: when ``path`` is renamed and a new file
-    takes its name, the rest of the old file is read, then the new one from
-    its start. A file truncated below the read position is read again from
-    its start. Returns once ``stop`` is set.
+    Follows the file across rotation. The file being read is tracked by its
+    inode. When ``path`` is renamed to ``path.1`` and a new file takes its
+    name, the rest of the old file is read, then each newer file of the
+    rotated set in turn, each from its start. After two rotations between
+    polls that is ``path.2``, then ``path.1``, then ``path``. A file truncated below the
+    read position is read again from its start. Returns once ``stop`` is set.
+
+    Lines are lost only when the files after the one being read are deleted
+    before they are read, which takes more rotations between two polls than
+    the sink keeps backups.
     """
     handle: BinaryIO | None = None
     inode: int | None = None
     partial = b""
+    read_inodes: deque[int] = deque(maxlen=64)
     while not stop.is_set():
         if handle is None:
             handle, inode = _open(path, start)
@@ -137,8 +194,13 @@ def follow_lines(
             continue
         if _replaced(path, inode):
             # Whatever the writer added before the rename was read above.
+            assert inode is not None
+            read_inodes.append(inode)
+            successor = _open_successor(path, handle, read_inodes)
             handle.close()
-            handle = None
+            handle = successor
+            inode = None if successor is None else os.fstat(successor.fileno()).st_ino
+            partial = b""
             continue
         if path.exists() and path.stat().st_size < handle.tell():
             handle.seek(0)
@@ -174,6 +236,68 @@ def _replaced(path: Path, inode: int | None) -> bool:
         return path.stat().st_ino != inode
     except FileNotFoundError:
         return True
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _open_successor(
+    path: Path, current: BinaryIO, read_inodes: Iterable[int]
+) -> BinaryIO | None:
+    """Open the file of ``path``'s rotated set written after ``current``.
+
+    ``current`` was renamed away from ``path``. When it is still in the set,
+    as ``path.N``, its successor is ``path.N-1`` (``path`` for N = 1). The
+    successor is opened by name, so the check that ``current`` is still
+    ``path.N`` comes after the open: a rotation renames the older file
+    first, so a name that moved in between shows as ``current`` having moved.
+
+    When ``current`` is no longer in the set (its backup was deleted, or a
+    tool renamed it otherwise), the successor is the oldest file of the set
+    that was not read yet and was modified no earlier than ``current``.
+
+    Returns:
+        The successor, open at its start, or None when there is none yet.
+    """
+    status = os.fstat(current.fileno())
+    for _attempt in range(10):
+        members = rotated_set(path)
+        position = next(
+            (i for i, m in enumerate(members) if _inode(m) == status.st_ino), None
+        )
+        if position is None:
+            break
+        if position + 1 >= len(members):
+            # ``current`` is ``path`` again (renamed back, or a race with
+            # the rename): go on reading it where the reading stopped.
+            again = members[position].open("rb")
+            again.seek(current.tell())
+            return again
+        try:
+            successor = members[position + 1].open("rb")
+        except FileNotFoundError:
+            continue
+        if _inode(members[position]) == status.st_ino:
+            return successor
+        successor.close()
+    seen = set(read_inodes)
+    for member in rotated_set(path):
+        try:
+            member_status = member.stat()
+        except FileNotFoundError:
+            continue
+        if member_status.st_ino in seen or member_status.st_ino == status.st_ino:
+            continue
+        if member_status.st_mtime_ns >= status.st_mtime_ns:
+            try:
+                return member.open("rb")
+            except FileNotFoundError:
+                continue
+    return None
 
 
 def _reverse_lines(path: Path, end: int | None) -> Iterator[bytes]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 import msgspec
@@ -19,7 +20,9 @@ from gateway.config.model import (
     GatewayConfig,
     OAuthClientConfig,
 )
+from gateway.config.yaml_safety import parse_yaml, size_problem
 from gateway.errors import ConfigError
+from pipeline.settings import value_free
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -37,6 +40,9 @@ def load_config(
     """
     file = Path(path)
     try:
+        problem = size_problem(str(file), file.stat().st_size)
+        if problem is not None:
+            raise ConfigError([problem])
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read config file: {exc.strerror}"]) from exc
@@ -70,8 +76,11 @@ def decode_config_text(
         ConfigError: The text is not YAML, a ``${VAR}`` is not set, or a
             value has the wrong type or an unknown key.
     """
+    problem = size_problem(source, len(text.encode("utf-8", "surrogatepass")))
+    if problem is not None:
+        raise ConfigError([problem])
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
     except yaml.YAMLError as exc:
         detail = str(exc).replace('"<unicode string>"', source)
         raise ConfigError([f"{source}: invalid YAML: {detail}"]) from exc
@@ -153,25 +162,69 @@ def _locate(exc: msgspec.ValidationError, raw: Any) -> str:
 
 
 def _with_path(exc: msgspec.ValidationError, raw: Any, prefix: str = "") -> str:
+    """Return the message of ``exc`` at its full YAML path, without any value.
+
+    The value at fault is never shown, since it may be a secret written with
+    the wrong type; where the field takes one of a few values, those are
+    listed instead.
+    """
     text = str(exc)
     head, sep, where = text.rpartition(" - at `$")
     if not sep:
-        return f"{prefix or 'top level'}: {text}"
+        return f"{prefix or 'top level'}: {value_free(text)}"
     relative = where.rstrip("`").lstrip(".")
-    bad = _lookup(raw, relative)
     if prefix:
         relative = f"{prefix}.{relative}" if relative else prefix
-    yaml_path = relative
-    if head.startswith("Invalid value"):
-        # msgspec already quotes the value, so list the valid values instead.
-        shown = ""
-        if yaml_path.endswith("auth.kind"):
-            shown = "; expected one of: basic, id-jag, none, static-key"
-    elif bad is not _MISSING and not isinstance(bad, dict):
-        shown = f" (got {bad!r})"
-    else:
-        shown = ""
-    return f"{yaml_path or '<root>'}: {head}{shown}"
+    head = value_free(head)
+    shown = ""
+    if head == "Invalid value":
+        choices = _choices(relative)
+        if relative.endswith("auth.kind"):
+            choices = ["basic", "id-jag", "none", "static-key"]
+        if choices:
+            shown = f"; expected one of: {', '.join(choices)}"
+    return f"{relative or '<root>'}: {head}{shown}"
+
+
+def _choices(path: str) -> list[str]:
+    """Return the values a ``Literal`` field at ``path`` accepts, or none."""
+    current: Any = GatewayConfig
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        current = _strip_optional(current)
+        origin = get_origin(current)
+        if part.startswith("["):
+            args = get_args(current) if origin in (list, tuple) else ()
+            current = args[0] if args else None
+        elif origin is dict:
+            current = get_args(current)[1]
+        elif isinstance(current, type) and issubclass(current, msgspec.Struct):
+            fields = dict(
+                zip(
+                    current.__struct_encode_fields__,
+                    current.__struct_fields__,
+                    strict=True,
+                )
+            )
+            name = fields.get(part)
+            current = get_type_hints(current).get(name) if name else None
+        else:
+            current = None
+        if current is None:
+            return []
+    current = _strip_optional(current)
+    if get_origin(current) is Literal:
+        return [str(arg) for arg in get_args(current)]
+    return []
+
+
+def _strip_optional(expected: Any) -> Any:
+    while get_origin(expected) is Annotated:
+        expected = get_args(expected)[0]
+    if get_origin(expected) in (Union, types.UnionType):
+        arms = [arm for arm in get_args(expected) if arm is not type(None)]
+        if len(arms) == 1:
+            return _strip_optional(arms[0])
+    return expected
 
 
 _MISSING = object()

@@ -168,7 +168,7 @@ class SigningConfig(_Config, frozen=True):
         if 0 < self.rotate_after < MIN_ROTATE_AFTER:
             msg = (
                 f"rotate_after must be 0 (no scheduled rotation) or at least "
-                f"{MIN_ROTATE_AFTER} seconds, got {self.rotate_after}"
+                f"{MIN_ROTATE_AFTER} seconds"
             )
             raise ValueError(msg)
 
@@ -477,7 +477,7 @@ class TracingConfig(_Config, frozen=True):
     def __post_init__(self) -> None:
         if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
             msg = (
-                f"tracing.endpoint {self.endpoint!r} is not an http or https URL; "
+                "tracing.endpoint is not an http or https URL; "
                 "give the collector's OTLP/HTTP address, such as "
                 "http://127.0.0.1:4318"
             )
@@ -510,7 +510,7 @@ class MetricsConfig(_Config, frozen=True):
     def __post_init__(self) -> None:
         if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
             msg = (
-                f"metrics.endpoint {self.endpoint!r} is not an http or https URL; "
+                "metrics.endpoint is not an http or https URL; "
                 "give the collector's OTLP/HTTP address, such as "
                 "http://127.0.0.1:4318"
             )

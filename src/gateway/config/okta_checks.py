@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.config.model import GatewayConfig, IdJagAuth, UpstreamConfig
+from gateway.config.yaml_safety import parse_yaml, size_problem
 
 __all__ = ["ConfigWarning", "okta_warnings", "read_raw_config"]
 
@@ -79,8 +80,11 @@ def read_raw_config(path: str | Path) -> dict[str, Any] | None:
         The top-level mapping, or None if the file cannot be read or parsed
         (the loader reports those problems itself).
     """
+    file = Path(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        if size_problem(str(file), file.stat().st_size) is not None:
+            return None
+        raw = parse_yaml(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return None
     return raw if isinstance(raw, dict) else None

@@ -16,13 +16,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.context import Context
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.util import types
 
 from gateway.facts import AGENT, PRINCIPAL, AgentIdentity, Principal
 from gateway.mcp.jsonrpc import JsonRpcMessage, shorten
 from gateway.mcp.response import GatewayResponse
-from gateway.mcp.trace_context import parent_context
+from gateway.mcp.trace_context import extract_context, parent_context
 from gateway.tracing_attributes import (
     AGENT_ID,
     AGENT_TRUST,
@@ -48,6 +49,11 @@ class ServerSpan(Span):
     applied at the start, which is dated to the request's arrival. Anything
     that needs the span itself (its context for a child span or an event,
     its status, :meth:`end`) starts it with the header context first.
+
+    Code that runs while the span is starting (a log processor reached by
+    the propagator's warning about a malformed header, for one) must read
+    :attr:`started_span` and never start the span: a nested :meth:`start`
+    returns the invalid span instead of starting a second time.
     """
 
     def __init__(
@@ -63,6 +69,13 @@ class ServerSpan(Span):
         self._attributes = attributes
         self._start_time = time.time_ns()
         self._span: Span | None = None
+        self._header_context: Context | None = None
+        self._starting = False
+
+    @property
+    def started_span(self) -> Span | None:
+        """The span once it has started, else None; reading it starts nothing."""
+        return self._span
 
     def start(self, params: Mapping[str, Any] | None = None) -> Span:
         """Start the span under the ``_meta`` or header context, once.
@@ -73,11 +86,21 @@ class ServerSpan(Span):
                 span has started.
 
         Returns:
-            The started span.
+            The started span, or the invalid span when called while the span
+            is starting.
         """
         span = self._span
-        if span is None:
-            parent, links = parent_context(self._headers, params)
+        if span is not None:
+            return span
+        if self._starting:
+            return INVALID_SPAN
+        self._starting = True
+        try:
+            if self._header_context is None:
+                self._header_context = extract_context(self._headers)
+            parent, links = parent_context(
+                self._headers, params, header_context=self._header_context
+            )
             span = self._tracer.start_span(
                 self._name,
                 context=parent,
@@ -86,7 +109,9 @@ class ServerSpan(Span):
                 links=links,
                 start_time=self._start_time,
             )
-            self._span = span
+        finally:
+            self._starting = False
+        self._span = span
         return span
 
     def end(self, end_time: int | None = None) -> None:

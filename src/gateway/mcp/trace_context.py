@@ -13,12 +13,19 @@ recommend. The ``_meta`` context belongs to the MCP message and the header
 context to the HTTP request that carried it, which is a child of it when
 the client instruments its HTTP client. A malformed or all-zero
 ``traceparent`` in either carrier is ignored, so that the request starts a
-new trace instead of failing.
+new trace instead of failing. A malformed ``tracestate`` or ``baggage`` is
+dropped and leaves a valid ``traceparent`` in use.
+
+The OpenTelemetry propagators log a warning for each malformed value they
+drop, and that record goes through the log processors. Extraction therefore
+never runs inside itself: a nested call returns an empty context (see
+:func:`extract_context`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 from opentelemetry import propagate, trace
@@ -27,6 +34,34 @@ from opentelemetry.trace import Link
 
 META_KEYS: Final = ("traceparent", "tracestate", "baggage")
 """The ``params._meta`` keys of W3C Trace Context and Baggage, unprefixed."""
+
+_extracting: ContextVar[bool] = ContextVar("trace_context_extracting", default=False)
+
+
+def extract_context(carrier: Mapping[str, str]) -> Context:
+    """Parse the W3C trace context and baggage of ``carrier``, once per call.
+
+    The propagators that OpenTelemetry is configured with do the parsing
+    (W3C Trace Context and Baggage unless ``OTEL_PROPAGATORS`` names
+    others). A call made while another is parsing in the same task or
+    thread (from a log handler that the propagator's warning reached, for
+    one) returns an empty context instead of parsing again, so a malformed
+    header cannot make parsing and logging call each other without end.
+
+    Args:
+        carrier: Headers or ``_meta`` keys, with lower-case names.
+
+    Returns:
+        The extracted context; it has no span when ``traceparent`` is absent
+        or malformed.
+    """
+    if _extracting.get():
+        return Context()
+    token = _extracting.set(True)
+    try:
+        return propagate.extract(carrier, context=Context())
+    finally:
+        _extracting.reset(token)
 
 
 def meta_carrier(params: Mapping[str, Any]) -> dict[str, str]:
@@ -43,13 +78,18 @@ def meta_carrier(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def parent_context(
-    headers: Mapping[str, str], params: Mapping[str, Any] | None = None
+    headers: Mapping[str, str],
+    params: Mapping[str, Any] | None = None,
+    *,
+    header_context: Context | None = None,
 ) -> tuple[Context, list[Link]]:
     """Return the parent context of a request's server span, and its links.
 
     Args:
         headers: The request headers, with lower-case names.
         params: The message's params, or None before the body is parsed.
+        header_context: The context already extracted from ``headers``,
+            which are then not parsed again.
 
     Returns:
         The ``_meta`` context when it contains a valid span, with a link to the
@@ -57,13 +97,14 @@ def parent_context(
         context, which has no span (a new trace) when the header is absent
         or malformed.
     """
-    header_context = propagate.extract(headers)
+    if header_context is None:
+        header_context = extract_context(headers)
     if params is None:
         return header_context, []
     carrier = meta_carrier(params)
     if "traceparent" not in carrier:
         return header_context, []
-    meta_context = propagate.extract(carrier)
+    meta_context = extract_context(carrier)
     meta_span = trace.get_current_span(meta_context).get_span_context()
     if not meta_span.is_valid:
         return header_context, []

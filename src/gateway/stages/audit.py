@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
+import anyio
+
 from gateway.audit.config import AuditConfig
 from gateway.context import RequestContext
 from gateway.events import Outcome, ResponseCompleted
+from gateway.mcp.asgi import CLIENT_DISCONNECTED
 from gateway.mcp.response import GatewayResponse, StreamOutcome
 from pipeline import BaseStage, Next
 
@@ -18,7 +21,10 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
     Reads whatever facts exist when the response ends (``principal``,
     ``agent``), so short-circuits by later stages are recorded with what was
     known. For streamed responses the event is published when the stream
-    ends, with ``completed`` False when the client left early. An exception
+    ends, with ``completed`` False when the client left early. A client that
+    leaves ends the request normally (closing a GET stream is how a client
+    stops listening): the outcome follows the status, and ``reason`` is
+    ``client_disconnected`` unless the response had a reason. An exception
     from a later stage is recorded as an ``error`` outcome and re-raised.
 
     The sinks are configured here (``stages.audit.sinks``) and run as durable
@@ -38,6 +44,13 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
             response = await call_next(ctx)
         except Exception as exc:
             await self._publish(ctx, 500, False, 0, False, "internal_error", repr(exc))
+            raise
+        except anyio.get_cancelled_exc_class():
+            # The endpoint cancels the chain when the client leaves before the
+            # response. No response was sent; 499 is nginx's status for a
+            # request the client closed. The bus journals the event even in
+            # a cancelled scope.
+            await self._publish(ctx, 499, False, 0, False, None, CLIENT_DISCONNECTED)
             raise
 
         async def on_close(outcome: StreamOutcome) -> None:
@@ -70,6 +83,9 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
         *,
         denied: bool = False,
     ) -> None:
+        client_left = error == CLIENT_DISCONNECTED
+        if client_left:
+            error = None
         outcome: Outcome
         if status >= 500 or error:
             outcome = "error"
@@ -79,6 +95,8 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
             outcome = "error"
         else:
             outcome = "success"
+        if client_left and reason is None:
+            reason = "client_disconnected"
         await ctx.runtime.publish(
             ResponseCompleted(
                 **ctx.event_fields(self.name),

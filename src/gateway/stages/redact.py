@@ -63,11 +63,18 @@ class RedactConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """Check names, patterns, the replacement and the lists.
 
         Raises:
-            ValueError: The first problem found, naming the key and the fix.
+            ValueError: The first problem found, naming the key and the fix;
+                for the patterns, every bad pattern at once.
         """
         _check_presets(self.presets)
+        problems = []
         for name, pattern in self.patterns.items():
-            _check_pattern(name, pattern)
+            try:
+                _check_pattern(name, pattern)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
         if not self.presets and not self.patterns:
             msg = (
                 "no pattern to apply: presets and patterns are both empty; "

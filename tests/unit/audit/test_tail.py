@@ -179,3 +179,60 @@ def test_tail_default_file_comes_from_config(
     config.write_text("server: {}\n")
     assert run_audit_cli(["tail", "--config", str(config)]) == 1
     assert "pass --file" in capsys.readouterr().err
+
+
+def test_tail_text_format_escapes_control_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Control, bidi and separator characters in any value print as escapes."""
+    path = tmp_path / "audit.jsonl"
+    hostile = {
+        "time": "2026-01-01T00:00:00Z\r",
+        "type": "AccessDenied\x1b[2J",
+        "outcome": "denied\x07",
+        "method": "tools/call\x1b]0;owned\x07\rFORGED",
+        "tool": "a\u202eb\u200bc\u2028d\x7f\x85\\x1b",
+        "user": {"sub": "eve agent=admin"},
+        "backend": 'x"y',
+    }
+    path.write_text(json.dumps(hostile) + "\n")
+    assert run_audit_cli(["tail", "--file", str(path), "--format", "text"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    line = out.rstrip("\n")
+    assert line.isprintable()
+    assert "\\r" not in line  # a CR is escaped as a character code, not \r
+    assert "2026-01-01T00:00:00Z\\x0d" in line
+    assert "AccessDenied\\x1b[2J" in line
+    assert "denied\\x07" in line
+    assert "method=tools/call\\x1b]0;owned\\x07\\x0dFORGED" in line
+    assert "tool=a\\u202eb\\u200bc\\u2028d\\x7f\\x85\\\\x1b" in line
+    assert 'user="eve agent=admin"' in line
+    assert 'backend="x\\"y"' in line
+
+
+def test_follow_lines_two_rotations_between_polls_skip_nothing(
+    tmp_path: Path,
+) -> None:
+    """Two rotations between reads: the file renamed twice is read before the new."""
+    records = make_records(7)
+    path = tmp_path / "audit.jsonl"
+    write_lines(path, records[:2])
+    stop = threading.Event()
+    guard = threading.Timer(5, stop.set)
+    guard.start()
+    try:
+        lines = follow_lines(path, 0, stop=stop, poll_interval=0.01)
+        printed = [next(lines), next(lines)]
+        with path.open("ab") as fh:
+            fh.write(records[2] + b"\n")
+        os.replace(path, tmp_path / "audit.jsonl.1")
+        write_lines(path, records[3:5])
+        os.replace(tmp_path / "audit.jsonl.1", tmp_path / "audit.jsonl.2")
+        os.replace(path, tmp_path / "audit.jsonl.1")
+        write_lines(path, records[5:])
+        printed.extend(next(lines) for _ in range(5))
+    finally:
+        stop.set()
+        guard.cancel()
+    assert printed == records

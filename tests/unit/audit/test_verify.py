@@ -127,10 +127,45 @@ def test_verify_deleted_oldest_backup_reports_anchor(
     """A set whose oldest file was rotated away passes, naming where it starts."""
     records = make_records(6)
     path = tmp_path / "audit.jsonl"
-    write_lines(path, records[2:])
+    write_lines(tmp_path / "audit.jsonl.1", records[2:4])
+    write_lines(path, records[4:])
     assert run_audit_cli(["verify", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"follows sha256:{record_hash(records[1])}" in out
+
+
+def test_verify_lines_cut_from_unrotated_start_exit_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A never-rotated file that does not start the chain fails unless allowed."""
+    records = make_records(6)
+    path = tmp_path / "audit.jsonl"
+    write_lines(path, records[2:])
+    assert run_audit_cli(["verify", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:1: the first record follows sha256:{record_hash(records[1])}" in err
+    assert "--allow-missing-start" in err
+
+    assert run_audit_cli(["verify", "--allow-missing-start", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"follows sha256:{record_hash(records[1])}" in out
+
+
+def test_verify_edited_last_line_shows_only_in_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An edit of the last line passes; the printed head differs from a copy's."""
+    records = make_records(4)
+    path = tmp_path / "audit.jsonl"
+    write_lines(path, records)
+    assert run_audit_cli(["verify", str(path)]) == 0
+    head = capsys.readouterr().out.splitlines()[-1]
+    edited = json.loads(records[-1])
+    edited["tool"] = "something_else"
+    forged = json.dumps(edited, sort_keys=True, separators=(",", ":")).encode()
+    write_lines(path, [*records[:-1], forged])
+    assert run_audit_cli(["verify", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] != head
 
 
 def test_verify_missing_file_exits_two(

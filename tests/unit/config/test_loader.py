@@ -41,14 +41,14 @@ def test_config_missing_env_var_names_path() -> None:
     assert problem.startswith("upstream.client_secret: environment variable SECRET")
 
 
-def test_config_wrong_type_names_path_and_value() -> None:
-    """A type error names the YAML path and shows the bad value."""
+def test_config_wrong_type_names_path_not_value() -> None:
+    """A type error names the YAML path and the types, never the value."""
     text = BASE.replace(
         'public_url: "http://127.0.0.1:8000"',
         'public_url: "http://127.0.0.1:8000", port: eighty',
     )
     (problem,) = problems(text)
-    assert problem == "server.port: Expected `int`, got `str` (got 'eighty')"
+    assert problem == "server.port: Expected `int`, got `str`"
 
 
 def test_config_unknown_key_rejected() -> None:
@@ -125,8 +125,8 @@ def test_config_without_backends_rejected() -> None:
 def test_config_out_of_range_values_rejected() -> None:
     """Ports, limits and lifetimes outside their range are reported."""
     for bad, expected in [
-        ("port: 99999", "server.port: Expected `int` <= 65535 (got 99999)"),
-        ("port: 0", "server.port: Expected `int` >= 1 (got 0)"),
+        ("port: 99999", "server.port: Expected `int` <= 65535"),
+        ("port: 0", "server.port: Expected `int` >= 1"),
         ("max_body_bytes: 0", "server.max_body_bytes: Expected `int` >= 1024"),
     ]:
         text = BASE.replace(
@@ -141,8 +141,10 @@ def test_config_backend_error_names_backend_key() -> None:
     """An error inside one backend names that backend, not ``[...]``."""
     text = BASE.replace("kind: static-key", "kind: bogus")
     (problem,) = problems(text)
-    assert problem.startswith("backends.partners.auth.kind: Invalid value 'bogus'")
-    assert "expected one of: basic, id-jag, none, static-key" in problem
+    assert problem == (
+        "backends.partners.auth.kind: Invalid value; "
+        "expected one of: basic, id-jag, none, static-key"
+    )
 
 
 def test_config_unknown_top_level_key_says_where() -> None:
@@ -165,7 +167,7 @@ def test_config_invalid_origin_rejected() -> None:
 def test_config_recursive_alias_rejected() -> None:
     """A self-referencing YAML alias is an error, not a crash."""
     (problem,) = problems("a: &a [*a]\n" + BASE)
-    assert "nesting too deep" in problem
+    assert "the alias *a refers to a node that contains it" in problem
 
 
 def test_config_non_utf8_file_rejected(tmp_path: Path) -> None:
