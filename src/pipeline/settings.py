@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import msgspec
 
@@ -71,7 +79,12 @@ def locate_error(
                     return locate_error(
                         inner, value, value_type, f"{path}{before}.{key}"
                     )
-    return f"{path}{relative}: {value_free(head)}"
+    message = value_free(head)
+    if message == "Invalid value":
+        choices = _choices(expected, relative)
+        if choices:
+            message += f"; expected one of: {', '.join(choices)}"
+    return f"{path}{relative}: {message}"
 
 
 def value_free(message: str) -> str:
@@ -82,6 +95,22 @@ def value_free(message: str) -> str:
     and bounds only, and are returned as they are.
     """
     return _INVALID_VALUE.sub("Invalid value", message)
+
+
+def _choices(expected: Any, path: str) -> list[str]:
+    """Return the values accepted at ``path``: a Literal's, or a union's tags."""
+    target = _strip(_type_at(expected, path))
+    if get_origin(target) is Literal:
+        return sorted(str(arg) for arg in get_args(target))
+    parent_path, _, name = path.rpartition(".")
+    parent = _strip(_type_at(expected, parent_path))
+    arms = get_args(parent) if get_origin(parent) in (Union, types.UnionType) else ()
+    tags = []
+    for arm in arms:
+        config = getattr(arm, "__struct_config__", None)
+        if config is not None and config.tag_field == name:
+            tags.append(str(config.tag))
+    return sorted(tags)
 
 
 def _unknown_keys(raw: Any, config_type: type[Any]) -> list[str]:

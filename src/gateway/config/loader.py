@@ -164,9 +164,9 @@ def _locate(exc: msgspec.ValidationError, raw: Any) -> str:
 def _with_path(exc: msgspec.ValidationError, raw: Any, prefix: str = "") -> str:
     """Return the message of ``exc`` at its full YAML path, without any value.
 
-    The value at fault is never shown, since it may be a secret written with
-    the wrong type; where the field takes one of a few values, those are
-    listed instead.
+    The value at fault is never shown, because it may be a secret written
+    with the wrong type. Where the field takes one of a few values, the
+    message lists those instead.
     """
     text = str(exc)
     head, sep, where = text.rpartition(" - at `$")

@@ -25,8 +25,8 @@ MAX_CONFIG_BYTES = 1024 * 1024
 """Largest config file accepted, in bytes (1 MiB)."""
 
 MAX_YAML_VALUES = 100_000
-"""Most YAML values (scalars, lists and mappings) a config may hold, counting
-each alias as the values it stands for."""
+"""Maximum number of YAML values (scalars, lists and mappings) in a config,
+counting each alias as the values it refers to."""
 
 
 class YamlLimitError(yaml.YAMLError):
@@ -36,9 +36,10 @@ class YamlLimitError(yaml.YAMLError):
 class _BoundedLoader(yaml.SafeLoader):
     """A safe loader that counts values as aliases expand them.
 
-    Composing a node counts it and everything below it; an alias counts the
+    Composing a node counts it and everything below it. An alias counts the
     size of the node it refers to, computed when that node was composed. The
-    count stops at :data:`MAX_YAML_VALUES`, so no expansion is ever built.
+    loader raises once the count passes :data:`MAX_YAML_VALUES`, so no huge
+    expansion is ever built.
     """
 
     def __init__(self, stream: str) -> None:
@@ -76,7 +77,7 @@ def parse_yaml(text: str) -> Any:
     """Parse one YAML document with the safe loader, within the bounds.
 
     Raises:
-        YamlLimitError: The document holds more than :data:`MAX_YAML_VALUES`
+        YamlLimitError: The document contains more than :data:`MAX_YAML_VALUES`
             values once its aliases are expanded, or an alias refers to a
             node that contains it.
         yaml.YAMLError: The text is not valid YAML.

@@ -63,7 +63,8 @@ def test_sink_config_all_kinds_parse() -> None:
     [
         (
             "    sinks: [{kind: kafka}]\n",
-            "stages.audit.sinks[0].kind: Invalid value 'kafka'",
+            "stages.audit.sinks[0].kind: Invalid value; expected one of: jsonl, otlp, "
+            "stdout, webhook",
         ),
         (
             "    sinks: [{kind: stdout}, {kind: webhook, url: 'https://x.test', "

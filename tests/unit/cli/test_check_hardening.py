@@ -1,4 +1,4 @@
-"""``agent-proxy check`` and ``run``: values kept out of errors, broken stages, pipes."""
+"""``agent-proxy check`` and ``run``: no values in errors, broken stages, pipes."""
 
 from __future__ import annotations
 

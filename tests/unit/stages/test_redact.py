@@ -288,8 +288,14 @@ def test_redact_settings_valid_accepted() -> None:
         ("    replacement: '{name!r}'", "may contain only the placeholder {name}"),
         ("    replacement: '{'", "is not a valid template"),
         ("    scan: []", "scan is an empty list"),
-        ("    scan: [body]", "Invalid enum value 'body'"),
-        ("    methods: [prompts/get]", "Invalid enum value 'prompts/get'"),
+        (
+            "    scan: [body]",
+            "scan[0]: Invalid value; expected one of: resource, structured, text",
+        ),
+        (
+            "    methods: [prompts/get]",
+            "methods[0]: Invalid value; expected one of: resources/read, tools/call",
+        ),
         ("    tools: []", "tools is an empty list"),
         ("    max_string_chars: 10", "Expected `int` >= 1024"),
     ],
