@@ -101,7 +101,8 @@ class AuditStage(BaseStage[RequestContext, GatewayResponse]):
             ResponseCompleted(
                 **ctx.event_fields(self.name),
                 outcome=outcome,
-                reason=reason if reason else error,
+                # ``error`` is free text; the reason must stay a stable code.
+                reason=reason or ("stream_failed" if error else None),
                 status=status,
                 duration_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
                 streamed=streamed,
