@@ -8,7 +8,6 @@ the checks a webhook receiver runs, taken from the operator guide.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import re
 import subprocess
@@ -17,11 +16,11 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from _otlp_http import serve_otlp
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -204,40 +203,19 @@ def otlp_logs_receiver(*, fail_first: int = 0) -> Iterator[OtlpLogsReceiver]:
     """
     received = OtlpLogsReceiver(fail_next=fail_first)
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", "0")))
-            if self.path != "/v1/logs":
-                self.send_error(404)
-                return
-            if self.headers.get("content-encoding") == "gzip":
-                body = gzip.decompress(body)
-            with received.lock:
-                received.requests += 1
-                failing = received.fail_next > 0
-                received.fail_next -= 1
-                if not failing:
-                    received.logs.extend(decode_logs(body))
-            if failing:
-                self.send_error(500)
-                return
-            reply = ExportLogsServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("content-type", "application/x-protobuf")
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+    def handle(path: str, body: bytes) -> tuple[int, bytes]:
+        if path != "/v1/logs":
+            return 404, b""
+        with received.lock:
+            received.requests += 1
+            failing = received.fail_next > 0
+            received.fail_next -= 1
+            if not failing:
+                received.logs.extend(decode_logs(body))
+        if failing:
+            return 500, b""
+        return 200, ExportLogsServiceResponse().SerializeToString()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    received.endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/logs"
-    try:
+    with serve_otlp(handle) as url:
+        received.endpoint = f"{url}/v1/logs"
         yield received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -15,15 +15,14 @@ unbinding the module tracers both times, so that no other test sees it.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio
+from _otlp_http import serve_otlp
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -114,39 +113,18 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
     """Serve an OTLP/HTTP trace receiver on a free port while the context is open."""
     received = OtlpReceiver()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("content-length", "0"))
-            body = self.rfile.read(length)
-            if self.path != "/v1/traces":
-                self.send_error(404)
-                return
-            if self.headers.get("content-encoding") == "gzip":
-                body = gzip.decompress(body)
-            spans = decode_spans(body)
-            with received.lock:
-                received.spans.extend(spans)
-                received.requests += 1
-            reply = ExportTraceServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("content-type", "application/x-protobuf")
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+    def handle(path: str, body: bytes) -> tuple[int, bytes]:
+        if path != "/v1/traces":
+            return 404, b""
+        spans = decode_spans(body)
+        with received.lock:
+            received.spans.extend(spans)
+            received.requests += 1
+        return 200, ExportTraceServiceResponse().SerializeToString()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    received.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve_otlp(handle) as url:
+        received.endpoint = url
         yield received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _unbind_module_tracers() -> None:
