@@ -95,7 +95,7 @@ def build_generation(
 def mirror(base: Runtime, generation: Runtime) -> None:
     """Make the base runtime show the config of ``generation``.
 
-    Runs without awaiting, so no other task sees a half-updated base.
+    Runs without awaiting, so no other task reads a half-updated base.
     """
     base.config = generation.config
     base.agents = generation.agents

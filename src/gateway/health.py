@@ -12,7 +12,7 @@ the checks rather than one per probe. Checks of the default set
 - ``upstream_jwks``: the IdP's key set is cached with at least one key, or
   can be fetched now.
 - ``audit_journal:<subscriber>``: the audit sink's journal has space. A
-  full journal holds ``journal_max_pending`` undelivered events and makes
+  full journal contains ``journal_max_pending`` undelivered events and makes
   every request that publishes an event wait. The check then fails with
   reason ``audit_journal_full`` until the sink catches up.
 - ``backend:<name>``: the backend's MCP URL answers an HTTP ``HEAD`` with any

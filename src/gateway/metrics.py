@@ -163,8 +163,8 @@ class _Counts:
     """Cumulative sums by attribute set, reported by an observable counter.
 
     The event loop adds and the exporter's thread reads. ``list(dict.items())``
-    copies the items without releasing the GIL, so a read never sees the
-    dictionary change size during iteration.
+    copies the items without releasing the GIL, so a read never iterates
+    while the dictionary changes size.
     """
 
     def __init__(self) -> None:
@@ -380,7 +380,7 @@ class GatewayMetrics:
         """Return the Prometheus exposition and its content type.
 
         ``accept`` is the scraper's ``Accept`` header; OpenMetrics is returned
-        when it asks for it, the text format 0.0.4 otherwise.
+        when its ``Accept`` header requests it, the text format 0.0.4 otherwise.
 
         Raises:
             RuntimeError: Prometheus is off (``metrics.prometheus: false``).

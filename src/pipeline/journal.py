@@ -282,7 +282,7 @@ def drop_partial_line(path: Path) -> int:
 def _open_private(path: Path, flags: int, mode: Literal["ab", "wb"]) -> BinaryIO:
     """Open ``path`` for writing, creating it readable by its owner only.
 
-    An existing file keeps its mode, so an operator's choice stands.
+    An existing file keeps its mode, so an operator's choice is kept.
     """
     fd = os.open(path, flags | os.O_CREAT, PRIVATE_MODE)
     return open(fd, mode)

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.anyio
 WEBHOOK_SINK = "audit.webhook.1"
 
 
-async def test_audit_full_journal_fails_readiness_and_keeps_left_requests(
+async def test_full_journal_fails_readiness(
     tmp_path: Path,
 ) -> None:
     """A full journal fails /readyz; a client that left still gets its events."""

@@ -459,7 +459,7 @@ class TracingConfig(_Config, frozen=True):
     enabled: bool = True
     """Whether spans are recorded and exported. False records none; requests
     still get trace ids, which audit events, logs and backends receive.
-    ``OTEL_SDK_DISABLED=true`` turns tracing off whatever this says."""
+    ``OTEL_SDK_DISABLED=true`` turns tracing off whatever this setting is."""
     endpoint: str = ""
     """OTLP/HTTP (protobuf) endpoint: a base URL such as
     ``http://collector:4318``, to which ``/v1/traces`` is added, or a full URL
@@ -467,9 +467,9 @@ class TracingConfig(_Config, frozen=True):
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` override it. With neither this nor those
     variables set, nothing is exported and no span is recorded."""
     sampler: SamplerName = "parentbased_always_on"
-    """Which traces are recorded; ``OTEL_TRACES_SAMPLER`` overrides it. The
-    ``parentbased_*`` samplers follow the sampled flag of the caller's
-    ``traceparent`` when there is one."""
+    """The sampler that selects the recorded traces. ``OTEL_TRACES_SAMPLER``
+    overrides it. The ``parentbased_*`` samplers follow the sampled flag of the
+    caller's ``traceparent`` when there is one."""
     ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0
     """For the ``traceidratio`` samplers: the share of traces recorded, from
     0 to 1; ``OTEL_TRACES_SAMPLER_ARG`` overrides it."""
@@ -528,7 +528,7 @@ class HealthConfig(_Config, frozen=True):
     """Seconds a readiness report is reused, so that frequent probes do not
     each reach the IdP and every backend."""
     check_backends: bool = True
-    """Whether readiness requires every backend to answer an HTTP request."""
+    """Whether readiness requires every backend to respond to an HTTP request."""
 
 
 class TelemetryConfig(_Config, frozen=True):
@@ -538,7 +538,7 @@ class TelemetryConfig(_Config, frozen=True):
     """The ``service.name`` resource attribute; ``OTEL_SERVICE_NAME`` and a
     ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES`` override it."""
     user_identifiers: Literal["hashed", "plain", "omit"] = "hashed"
-    """How spans name the signed-in user: ``hashed`` (a SHA-256 of issuer and
+    """The form of the signed-in user in spans: ``hashed`` (a SHA-256 of issuer and
     subject, ``agent_proxy.user.hash``), ``plain`` (``agent_proxy.user.iss``
     and ``agent_proxy.user.sub``) or ``omit``. Audit events always carry the
     plain issuer and subject."""

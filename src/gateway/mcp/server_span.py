@@ -280,7 +280,7 @@ def describe_response(span: Span, response: GatewayResponse) -> None:
     ``backend_unavailable``), which becomes ``error.type``, or with HTTP 5xx.
     The JSON-RPC error code of a JSON error body becomes
     ``rpc.response.status_code``, as the MCP conventions name it. A tool
-    result with ``isError`` is the backend's answer and is not marked here;
+    result with ``isError`` is the backend's result and is not marked here;
     the backend's own span marks it.
     """
     reason = response.reason
